@@ -1,0 +1,287 @@
+"""The ``visionq`` command line: submit, collect, status, run.
+
+Exit codes (documented in the README):
+  0  every image has a result (bad images included, as error results)
+  1  results still missing when --timeout ran out, or no worker answered (status)
+  2  usage error: bad flags, no input, unknown job
+  3  Redis unreachable, or the embedded Redis/worker of `visionq run` failed
+  130 interrupted
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from producer import inputs
+from producer.client import Client, Job, Summary
+from producer.errors import BackendUnavailable, EmbeddedError, IncompleteJob, JobNotFound
+from visionq import __version__
+from visionq.schema import dumps
+from visionq.settings import Settings, SettingsError
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+log = logging.getLogger("visionq")
+
+
+class UsageError(Exception):
+    """Bad command-line input (exit 2)."""
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+def _add_inputs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", metavar="PATH", help="image files or folders")
+    p.add_argument("--from-file", metavar="FILE", help="read one path per line ('-' for stdin)")
+    p.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders")
+    p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (5)")
+    p.add_argument("--chunk-size", type=int, metavar="N",
+                   help="paths per task (VISIONQ_CHUNK_SIZE, default 32)")
+    p.add_argument("--queue", metavar="Q", help="queue to publish to (VISIONQ_QUEUE)")
+
+
+def _add_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="give up waiting after S seconds (exit 1); default: wait")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="visionq",
+        description="Classify images at scale with Celery workers and a warm ResNet-18.",
+        epilog="Exit codes: 0 complete, 1 results missing after --timeout, 2 usage error, "
+        "3 Redis or embedded stack unavailable.",
+    )
+    parser.add_argument("--version", action="version", version=f"visionq {__version__}")
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = sub.add_parser("submit", help="publish images to the workers and collect results")
+    _add_inputs(p)
+    p.add_argument("--out", metavar="FILE", help="JSONL, or CSV if FILE ends in .csv; "
+                   "default: JSONL on stdout")
+    p.add_argument("--no-wait", action="store_true",
+                   help="publish, print the job id on stdout and exit")
+    _add_wait(p)
+
+    p = sub.add_parser("collect", help="collect (or resume collecting) a job's results")
+    p.add_argument("job_id", metavar="JOB_ID")
+    p.add_argument("--out", metavar="FILE", required=True, help="file to write or resume")
+    _add_wait(p)
+
+    p = sub.add_parser("status", help="list workers online, their children and the queue")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--queue", metavar="Q", help="queue to measure (VISIONQ_QUEUE)")
+    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
+                   help="seconds to wait for workers to answer (2)")
+
+    p = sub.add_parser("run", help="one command: private Redis + local worker + job")
+    _add_inputs(p)
+    p.add_argument("--out", metavar="FILE", required=True, help="JSONL, or CSV for *.csv")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="pool children of the local worker (default: 2, or 1 on one core)")
+    p.add_argument("--weights", metavar="W", help="VISIONQ_WEIGHTS for the local worker")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="VISIONQ_PRECISION for the local worker")
+    _add_wait(p)
+    return parser
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def _paths(args: argparse.Namespace) -> Iterator[str]:
+    sources: list[Any] = [args.paths]
+    if args.from_file:
+        fh = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")  # noqa: SIM115
+        sources.append(inputs.read_lines(fh))
+    paths = inputs.expand(itertools.chain.from_iterable(sources), recursive=args.recursive)
+    first = next(paths, None)
+    if first is None:
+        raise UsageError("no input: give image paths, folders or --from-file")
+    return itertools.chain([first], paths)
+
+
+def _progress(job: Job, summary_seed: int, quiet: bool) -> tuple[Any, Any]:
+    if quiet:
+        return None, None
+    from tqdm import tqdm
+
+    bar = tqdm(
+        total=len(job), initial=summary_seed, unit="img", file=sys.stderr, dynamic_ncols=True,
+        mininterval=0.5 if sys.stderr.isatty() else 5.0, desc=f"job {job.id[:8]}",
+    )  # fmt: skip
+    counts = {"ok": 0, "failed": 0}
+
+    def on_chunk(records: Sequence[dict[str, Any]]) -> None:
+        for r in records:
+            counts["ok" if r["ok"] else "failed"] += 1
+        bar.set_postfix(counts, refresh=False)
+        bar.update(len(records))
+
+    return bar, on_chunk
+
+
+def _summary(summary: Summary, out: str | None) -> str:
+    errs = ", ".join(f"{k} {v}" for k, v in summary.errors.most_common())
+    text = (
+        f"{summary.ok + summary.failed} images: {summary.ok} ok, {summary.failed} failed"
+        + (f" ({errs})" if errs else "")
+        + f" in {summary.seconds:.1f} s, {summary.rate:.1f} img/s"
+    )
+    if summary.resumed:
+        text += f"; {summary.resumed} already in the file"
+    if summary.missing:
+        text += f"; {summary.missing} MISSING"
+    return text + (f" -> {out}" if out else "")
+
+
+def _collect(job: Job, out: str | None, args: argparse.Namespace) -> int:
+    summary = Summary(images=len(job))
+    bar, on_chunk = _progress(job, 0, args.quiet)
+    try:
+        if out:
+            summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk)
+        else:
+            import time
+
+            start = time.monotonic()
+            try:
+                for _, records in job.iter_chunks(timeout=args.timeout):
+                    sys.stdout.write("".join(dumps(r) + "\n" for r in records))
+                    sys.stdout.flush()
+                    summary.add(records)
+                    if on_chunk:
+                        on_chunk(records)
+            finally:
+                summary.seconds = time.monotonic() - start
+    except IncompleteJob as exc:
+        summary.missing = exc.missing or summary.missing
+        if bar:
+            bar.close()
+        print(f"visionq: {exc}", file=sys.stderr)
+        return EXIT_INCOMPLETE
+    finally:
+        if bar:
+            bar.close()
+    if not args.quiet:
+        print(_summary(summary, out), file=sys.stderr)
+    return EXIT_OK
+
+
+# -- verbs -----------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
+    paths = _paths(args)
+    with Client(settings=settings) as client:
+        job = client.submit(paths, top_k=args.top_k, chunk_size=args.chunk_size,
+                            queue=args.queue)  # fmt: skip
+        if args.no_wait:
+            print(job.id)
+            return EXIT_OK
+        if not args.quiet:
+            print(f"job {job.id}: {len(job)} images in {job.n_chunks} chunks", file=sys.stderr)
+        return _collect(job, args.out, args)
+
+
+def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
+    with Client(settings=settings) as client:
+        try:
+            job = client.job(args.job_id)
+        except JobNotFound as exc:
+            raise UsageError(str(exc)) from None
+        return _collect(job, args.out, args)
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from producer.status import gather, render
+
+    with Client(settings=settings, queue=args.queue) as client:
+        status = gather(client, timeout=args.timeout)
+    if args.json:
+        print(json.dumps(status.as_dict(), indent=2))
+    else:
+        print(render(status))
+    return EXIT_OK if status.workers else EXIT_INCOMPLETE
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    if os.environ.get("VISIONQ_BROKER_URL"):
+        log.info("VISIONQ_BROKER_URL is set: submitting to that deployment")
+        args.no_wait = False
+        return cmd_submit(args, settings)
+    from producer.embedded import LocalWorker, RedisServer
+
+    paths = _paths(args)
+    children = args.workers or (2 if (os.cpu_count() or 1) > 1 else 1)
+    with tempfile.TemporaryDirectory(prefix="visionq-run-") as tmp, RedisServer() as server:
+        env = {
+            "VISIONQ_BROKER_URL": server.url(0),
+            "VISIONQ_RESULT_BACKEND": server.url(1),
+            "VISIONQ_QUEUE": settings.queue,
+            "VISIONQ_STATE_DIR": tmp,
+        }
+        if args.weights:
+            env["VISIONQ_WEIGHTS"] = args.weights
+        if args.precision:
+            env["VISIONQ_PRECISION"] = args.precision
+        local = settings.replace(
+            broker_url=server.url(0), result_backend=server.url(1), state_dir=tmp
+        )
+        worker = LocalWorker(
+            env, concurrency=children, name="visionq-run@%h",
+            extra_args=("--without-gossip", "--without-mingle"),
+            log_path=os.path.join(tmp, "worker.log"),
+        )  # fmt: skip
+        with worker, Client(settings=local) as client:
+            job = client.submit(paths, top_k=args.top_k, chunk_size=args.chunk_size)
+            if not args.quiet:
+                print(f"job {job.id}: {len(job)} images; starting {children} local "
+                      "worker children", file=sys.stderr)  # fmt: skip
+            worker.wait_ready()
+            return _collect(job, args.out, args)
+
+
+VERBS = {"submit": cmd_submit, "collect": cmd_collect, "status": cmd_status, "run": cmd_run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # SIGTERM unwinds like Ctrl-C, so `visionq run` stops what it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_INTERRUPTED))
+    try:
+        if getattr(args, "top_k", 1) < 1 or (getattr(args, "chunk_size", None) or 1) < 1:
+            raise UsageError("--top-k and --chunk-size must be at least 1")
+        settings = Settings.from_env()
+        return VERBS[args.verb](args, settings)
+    except (UsageError, SettingsError, FileNotFoundError) as exc:
+        parser.error(str(exc))
+    except (BackendUnavailable, EmbeddedError) as exc:
+        print(f"visionq: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        print("visionq: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""Python API: ``Client`` publishes jobs, ``Job`` collects their results.
+
+    client = Client(broker_url="redis://host:6379/0")
+    job = client.submit(paths, top_k=5)
+    for record in job.results():
+        ...
+
+A job is cut into chunks; chunk ``i`` is the Celery task ``<job>:<i>`` and its result
+lands in that task's single result key. The collector listens on one pattern
+subscription for the job (the Redis backend PUBLISHes every result it stores) and
+sweeps pending keys with MGET now and then in case a message was missed. It owns the
+job: a chunk that failed, or that a Redis restart lost, is re-published; a duplicate
+is dropped, because each chunk is written once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+
+from producer.errors import BackendUnavailable, IncompleteJob
+from producer.inputs import chunked
+from producer.manifest import Manifest
+from producer.output import open_writer
+from visionq import protocol
+from visionq.celeryconf import celery_config
+from visionq.schema import ErrorType, expand, failed_records
+from visionq.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError)
+_SWEEP_EVERY = 2.0  # seconds between MGET sweeps of pending result keys
+_MGET_BATCH = 1000
+
+Record = dict[str, Any]
+
+
+class Client:
+    """Connection to a visionq deployment (a Redis broker and result backend)."""
+
+    def __init__(
+        self,
+        broker_url: str | None = None,
+        backend_url: str | None = None,
+        *,
+        queue: str | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        base = settings if settings is not None else Settings.from_env()
+        self.settings = base.replace(broker_url=broker_url, result_backend=backend_url, queue=queue)
+        self.celery = Celery("visionq-producer", set_as_current=False)
+        self.celery.conf.update(celery_config(self.settings))
+        self.redis = redis.Redis.from_url(
+            self.settings.backend_url,
+            socket_timeout=10,
+            socket_connect_timeout=5,
+            health_check_interval=25,
+        )
+
+    # -- connection -------------------------------------------------------------
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once Redis answers; raise BackendUnavailable after ``timeout``."""
+        limit = self.settings.redis_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while True:
+            try:
+                self.redis.ping()
+                return
+            except _REDIS_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable(
+                        f"cannot reach Redis at {maybe_sanitize_url(self.settings.backend_url)}"
+                        f" after {limit:g} s: {exc}"
+                    ) from None
+                time.sleep(0.5)
+
+    def close(self) -> None:
+        self.redis.close()
+        self.celery.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs -----------------------------------------------------------------------
+
+    def submit(
+        self,
+        paths: Iterable[str],
+        *,
+        top_k: int = 5,
+        chunk_size: int | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+    ) -> Job:
+        """Publish ``paths`` (consumed lazily, held one chunk at a time) as a new job."""
+        if top_k < 1:
+            raise ValueError("top_k must be at least 1")
+        size = chunk_size or self.settings.effective_chunk_size
+        queue = queue or self.settings.queue
+        job_id = job_id or uuid.uuid4().hex
+        self.wait_ready()
+        manifest = self._manifest(job_id)
+        manifest.create(
+            {"chunk_size": size, "top_k": top_k, "queue": queue, "created": time.time(),
+             "images": 0, "chunks": 0, "state": "submitting"}
+        )  # fmt: skip
+        images = chunks = 0
+        try:
+            with self.celery.producer_or_acquire() as pub:
+                for chunk in chunked(paths, size):
+                    manifest.append(chunk)
+                    self._publish(job_id, chunks, chunk, top_k, queue, producer=pub)
+                    images += len(chunk)
+                    chunks += 1
+        except _REDIS_ERRORS as exc:
+            raise BackendUnavailable(f"publishing job {job_id} failed: {exc}") from exc
+        manifest.seal(images=images, chunks=chunks)
+        log.info("job %s: %d images in %d chunks on queue %s", job_id, images, chunks, queue)
+        return Job(self, job_id, manifest)
+
+    def job(self, job_id: str) -> Job:
+        """Reattach to a job submitted earlier, from this or another process."""
+        self.wait_ready()
+        manifest = self._manifest(job_id)
+        manifest.meta()  # raises JobNotFound
+        return Job(self, job_id, manifest)
+
+    def _manifest(self, job_id: str) -> Manifest:
+        return Manifest(
+            self.redis, job_id, state_dir=self.settings.state_path, ttl=self.settings.result_expires
+        )
+
+    def _publish(
+        self, job_id: str, chunk: int, paths: list[str], top_k: int, queue: str,
+        producer: Any = None,
+    ) -> None:  # fmt: skip
+        self.celery.send_task(
+            protocol.TASK_NAME,
+            args=(job_id, chunk, paths, top_k),
+            task_id=protocol.task_id(job_id, chunk),
+            queue=queue,
+            producer=producer,
+        )
+
+
+@dataclass
+class Summary:
+    images: int = 0
+    ok: int = 0
+    failed: int = 0
+    missing: int = 0
+    resumed: int = 0  # records the output file already held when collection began
+    seconds: float = 0.0
+    errors: Counter = field(default_factory=Counter)
+
+    @property
+    def rate(self) -> float:
+        return (self.ok + self.failed) / self.seconds if self.seconds > 0 else 0.0
+
+    def add(self, records: Iterable[Record]) -> None:
+        for r in records:
+            if r["ok"]:
+                self.ok += 1
+            else:
+                self.failed += 1
+                self.errors[r["error"]["type"]] += 1
+
+
+class Job:
+    """A submitted job. ``len(job)`` is its number of images."""
+
+    def __init__(self, client: Client, job_id: str, manifest: Manifest) -> None:
+        self.client = client
+        self.id = job_id
+        self.manifest = manifest
+
+    def __len__(self) -> int:
+        return int(self.manifest.meta()["images"])
+
+    @property
+    def n_chunks(self) -> int:
+        return int(self.manifest.meta()["chunks"])
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} images={len(self)} chunks={self.n_chunks}>"
+
+    # -- results ----------------------------------------------------------------
+
+    def results(self, timeout: float | None = None) -> Iterator[Record]:
+        """Per-image records in completion order; each chunk is consumed once."""
+        for _, records in self.iter_chunks(timeout=timeout):
+            yield from records
+
+    def iter_chunks(
+        self, *, timeout: float | None = None, skip: Iterable[int] = ()
+    ) -> Iterator[tuple[int, list[Record]]]:
+        """(chunk, records) as chunks finish. A chunk counts as delivered, and its
+        result is deleted from Redis, once the caller asks for the next one."""
+        return _Collector(self, timeout=timeout, skip=set(skip)).run()
+
+    def collect(
+        self,
+        out: str,
+        *,
+        timeout: float | None = None,
+        on_chunk: Callable[[list[Record]], None] | None = None,
+    ) -> Summary:
+        """Write results to ``out`` (JSONL, or CSV for *.csv), resuming a partial file."""
+        start = time.monotonic()
+        summary = Summary(images=len(self))
+        with open_writer(out) as writer:
+            have = writer.recover(self.manifest.chunk_len)
+            summary.resumed = sum(self.manifest.chunk_len(c) for c in have)
+            try:
+                for _, records in self.iter_chunks(timeout=timeout, skip=have):
+                    writer.write_chunk(records)
+                    summary.add(records)
+                    if on_chunk:
+                        on_chunk(records)
+            except IncompleteJob as exc:
+                summary.missing = exc.missing
+                raise
+            finally:
+                summary.seconds = time.monotonic() - start
+        return summary
+
+
+class _Collector:
+    """The loop behind :meth:`Job.iter_chunks`."""
+
+    def __init__(self, job: Job, *, timeout: float | None, skip: set[int]) -> None:
+        self.job = job
+        self.client = job.client
+        self.redis = job.client.redis
+        self.settings = job.client.settings
+        self.meta = job.manifest.meta()
+        self.pending = set(range(int(self.meta["chunks"]))) - skip
+        self.skip = skip
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.retries: Counter[int] = Counter()
+        self.pubsub: Any = None
+        self.run_id: str | None = None
+        self.last_progress = time.monotonic()
+        self.offline_since: float | None = None
+
+    def run(self) -> Iterator[tuple[int, list[Record]]]:
+        if self.skip:
+            self._ack(self.skip)
+        try:
+            self._connect()
+            next_sweep = 0.0
+            while self.pending:
+                now = time.monotonic()
+                if self.deadline and now >= self.deadline:
+                    raise IncompleteJob(
+                        f"job {self.job.id}: {len(self.pending)} chunks still missing "
+                        "after the timeout",
+                        missing=sum(self.job.manifest.chunk_len(c) for c in self.pending),
+                    )
+                try:
+                    ready = self._listen(0.25)
+                    if now >= next_sweep:
+                        ready += self._sweep()
+                        self._check_restart()
+                        self._check_stall()
+                        next_sweep = time.monotonic() + _SWEEP_EVERY
+                    self.offline_since = None
+                except _REDIS_ERRORS as exc:
+                    self._offline(exc)
+                    continue
+                for chunk, meta in ready:
+                    records = self._handle(chunk, meta)
+                    if records is not None:
+                        yield chunk, records
+                        self._ack([chunk])
+            self._finish()
+        finally:
+            if self.pubsub is not None:
+                try:
+                    self.pubsub.close()
+                except _REDIS_ERRORS:
+                    pass
+
+    # -- Redis I/O --------------------------------------------------------------
+
+    def _connect(self) -> None:
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.psubscribe(protocol.result_pattern(self.job.id))
+        self.run_id = self.redis.info("server").get("run_id")
+
+    def _listen(self, wait: float) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        msg = self.pubsub.get_message(timeout=wait)
+        while msg is not None:
+            if msg.get("type") == "pmessage":
+                _, chunk = protocol.parse_task_id(
+                    msg["channel"].decode()[len(protocol.RESULT_KEY_PREFIX):]
+                )
+                out.append((chunk, json.loads(msg["data"])))
+            msg = self.pubsub.get_message(timeout=0)
+        return out
+
+    def _sweep(self) -> list[tuple[int, dict[str, Any]]]:
+        out = []
+        order = sorted(self.pending)
+        for i in range(0, len(order), _MGET_BATCH):
+            batch = order[i:i + _MGET_BATCH]
+            values = self.redis.mget([protocol.result_key(self.job.id, c) for c in batch])
+            out.extend((c, json.loads(v)) for c, v in zip(batch, values) if v is not None)
+        return out
+
+    def _offline(self, exc: Exception) -> None:
+        now = time.monotonic()
+        self.offline_since = self.offline_since or now
+        if now - self.offline_since > self.settings.redis_timeout:
+            raise BackendUnavailable(
+                f"lost Redis at {maybe_sanitize_url(self.settings.backend_url)} for more "
+                f"than {self.settings.redis_timeout:g} s: {exc}"
+            ) from None
+        log.warning("Redis unreachable (%s); retrying", exc)
+        time.sleep(0.5)
+        try:
+            self._connect()
+        except _REDIS_ERRORS:
+            pass
+
+    def _ack(self, chunks: Iterable[int]) -> None:
+        """The chunks are in the output: tell workers to skip them, free their results."""
+        chunks = list(chunks)
+        keys = protocol.JobKeys(self.job.id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.sadd(keys.done, *chunks)
+        pipe.expire(keys.done, self.settings.result_expires)
+        pipe.delete(*(protocol.result_key(self.job.id, c) for c in chunks))
+        try:
+            pipe.execute()
+        except _REDIS_ERRORS as exc:
+            # Not fatal: the file already holds them; stray keys expire on their own.
+            log.warning("could not mark chunks done: %s", exc)
+
+    # -- decisions ----------------------------------------------------------------
+
+    def _handle(self, chunk: int, meta: dict[str, Any]) -> list[Record] | None:
+        if chunk not in self.pending:
+            return None  # a duplicate of a chunk already written
+        status = meta.get("status")
+        result = meta.get("result")
+        if status == "SUCCESS" and isinstance(result, dict) and "items" in result:
+            self.pending.discard(chunk)
+            self.last_progress = time.monotonic()
+            return list(expand(result, self.job.id))
+        if status in ("FAILURE", "REVOKED"):
+            reason = result.get("exc_message") if isinstance(result, dict) else result
+            return self._retry(chunk, f"{status}: {reason}")
+        return None
+
+    def _retry(self, chunk: int, reason: str) -> list[Record] | None:
+        paths = self.job.manifest.chunk(chunk)
+        self.retries[chunk] += 1
+        # Workers go image by image after max_attempts deliveries and mark one culprit
+        # per failed delivery, so this bound lets every image in the chunk be tried.
+        limit = self.settings.max_attempts + len(paths) + 1
+        self.redis.delete(protocol.result_key(self.job.id, chunk))
+        if self.retries[chunk] > limit:
+            log.error("chunk %d failed %d times, giving up: %s", chunk, limit, reason)
+            self.pending.discard(chunk)
+            return failed_records(
+                paths, self.job.id, chunk, ErrorType.CHUNK_FAILED,
+                f"chunk failed {limit} times; last error: {reason}",
+            )  # fmt: skip
+        log.warning("chunk %d failed (%s); re-publishing", chunk, reason)
+        self._republish([chunk])
+        return None
+
+    def _republish(self, chunks: Iterable[int]) -> None:
+        m = self.meta
+        with self.client.celery.producer_or_acquire() as pub:
+            for chunk in sorted(chunks):
+                self.client._publish(
+                    self.job.id, chunk, self.job.manifest.chunk(chunk), int(m["top_k"]),
+                    m["queue"], producer=pub,
+                )  # fmt: skip
+
+    def _check_restart(self) -> None:
+        run_id = self.redis.info("server").get("run_id")
+        if run_id == self.run_id:
+            return
+        # A different server process: without persistence the queue, the manifest and
+        # any unread results are gone. Put the manifest back and publish what is missing.
+        log.warning("Redis restarted; re-publishing %d pending chunks", len(self.pending))
+        self.run_id = run_id
+        self._connect()
+        if not self.job.manifest.in_redis():
+            self.job.manifest.restore()
+        self._republish(self.pending)
+        self.last_progress = time.monotonic()
+
+    def _check_stall(self) -> None:
+        if time.monotonic() - self.last_progress < self.settings.stall_timeout:
+            return
+        log.warning(
+            "no result for %.0f s; re-publishing %d pending chunks",
+            self.settings.stall_timeout, len(self.pending),
+        )  # fmt: skip
+        self._republish(self.pending)
+        self.last_progress = time.monotonic()
+
+    def _finish(self) -> None:
+        try:
+            n = int(self.meta["chunks"])
+            keys = [protocol.result_key(self.job.id, c) for c in range(n)]
+            pipe = self.redis.pipeline(transaction=False)
+            for i in range(0, len(keys), _MGET_BATCH):
+                pipe.delete(*keys[i:i + _MGET_BATCH])
+            pipe.execute()
+            self.job.manifest.update(state="collected", finished=time.time())
+            self.job.manifest.finish()
+        except _REDIS_ERRORS as exc:
+            log.warning("job %s collected, but cleanup failed: %s", self.job.id, exc)

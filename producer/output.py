@@ -1,0 +1,148 @@
+"""Result files: JSONL (one record a line) or CSV, written a whole chunk at a time.
+
+Each chunk's records are written with one ``write`` and flushed, so after a crash only
+the last chunk can be partial. :meth:`ResultWriter.recover` finds the chunks a file
+already holds in full and cuts off a torn or partial tail, so ``visionq collect`` can
+append exactly what is missing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from visionq.schema import dumps
+
+CSV_COLUMNS = (
+    "path", "ok", "top1_index", "top1_label", "top1_prob", "top_k", "error_type",
+    "error_message", "job", "chunk", "worker", "device", "weights", "precision",
+    "decode_ms", "infer_ms",
+)  # fmt: skip
+
+
+class ResultWriter:
+    """Append-only writer of chunk records; subclasses choose the line format."""
+
+    header: str | None = None
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.records_written = 0
+        parent = os.path.dirname(os.path.abspath(path))
+        os.makedirs(parent, exist_ok=True)
+        self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the writer
+
+    # -- format ---------------------------------------------------------------
+
+    def format(self, record: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def chunk_of(self, line: str) -> int | None:
+        raise NotImplementedError
+
+    # -- writing --------------------------------------------------------------
+
+    def write_chunk(self, records: Sequence[dict[str, Any]]) -> None:
+        text = "".join(self.format(r) + "\n" for r in records)
+        if self.header and self._fh.tell() == 0:
+            text = self.header + "\n" + text
+        self._fh.write(text.encode("utf-8", "surrogateescape"))
+        self._fh.flush()
+        self.records_written += len(records)
+
+    def close(self) -> None:
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+
+    def __enter__(self) -> ResultWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- resuming -------------------------------------------------------------
+
+    def recover(self, chunk_len: Callable[[int], int]) -> set[int]:
+        """Chunks held in full; a torn or partial trailing chunk is truncated away."""
+        with open(self.path, "rb") as fh:
+            data = fh.read()
+        groups: list[tuple[int, int, int]] = []  # (chunk, start offset, lines)
+        offset = 0
+        good_end = 0
+        while offset < len(data):
+            nl = data.find(b"\n", offset)
+            if nl < 0:
+                break  # torn last line
+            start, offset = offset, nl + 1
+            raw = data[start:offset]
+            line = raw.decode("utf-8", "surrogateescape").rstrip("\r\n")
+            if self.header and start == 0 and line == self.header:
+                good_end = offset
+                continue
+            chunk = self.chunk_of(line)
+            if chunk is None:
+                break
+            if groups and groups[-1][0] == chunk:
+                c, s, n = groups[-1]
+                groups[-1] = (c, s, n + 1)
+            else:
+                groups.append((chunk, start, 1))
+            good_end = offset
+        if groups and groups[-1][2] < chunk_len(groups[-1][0]):
+            good_end = groups.pop()[1]
+        if good_end < len(data):
+            self._fh.truncate(good_end)
+            self._fh.seek(good_end)
+        complete = {c for c, _, _ in groups}
+        self.records_written = sum(n for _, _, n in groups)
+        return complete
+
+
+class JsonlWriter(ResultWriter):
+    def format(self, record: dict[str, Any]) -> str:
+        return dumps(record)
+
+    def chunk_of(self, line: str) -> int | None:
+        try:
+            return int(json.loads(line)["chunk"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class CsvWriter(ResultWriter):
+    header = ",".join(CSV_COLUMNS)
+
+    def format(self, record: dict[str, Any]) -> str:
+        top = record["top_k"][0] if record["top_k"] else {}
+        err = record["error"] or {}
+        row = {
+            **{k: record.get(k) for k in CSV_COLUMNS if k in record},
+            "ok": "true" if record["ok"] else "false",
+            "top1_index": top.get("index", ""),
+            "top1_label": top.get("label", ""),
+            "top1_prob": top.get("prob", ""),
+            "top_k": json.dumps(record["top_k"], ensure_ascii=False, separators=(",", ":")),
+            "error_type": err.get("type", ""),
+            # One physical line per row keeps recovery line-based.
+            "error_message": (err.get("message") or "").replace("\n", " "),
+        }
+        buf = io.StringIO()
+        csv.DictWriter(buf, CSV_COLUMNS, lineterminator="").writerow(row)
+        return buf.getvalue()
+
+    def chunk_of(self, line: str) -> int | None:
+        try:
+            row = next(csv.reader([line]))
+            return int(row[CSV_COLUMNS.index("chunk")])
+        except (StopIteration, ValueError, IndexError):
+            return None
+
+
+def open_writer(path: str) -> ResultWriter:
+    """CSV when the name ends in .csv, JSONL otherwise."""
+    return CsvWriter(path) if path.lower().endswith(".csv") else JsonlWriter(path)

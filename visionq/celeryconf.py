@@ -1,0 +1,71 @@
+"""Celery configuration built from :class:`visionq.settings.Settings`, for both sides.
+
+Why each delivery setting is what it is (NOTES §2-3):
+
+* ``task_acks_late`` + ``task_reject_on_worker_lost``: a chunk whose child dies is
+  requeued instead of lost (at-least-once). Chunks are idempotent by task id.
+* ``worker_prefetch_multiplier=1``: a chunk runs for seconds; prefetching more would
+  park work on a busy node while others idle.
+* ``visibility_timeout`` above the hard time limit, or a long chunk is redelivered
+  while it still runs (celery#5935).
+* socket timeouts on both connections, so a paused Redis raises instead of hanging.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visionq.settings import Settings
+
+
+def celery_config(s: Settings) -> dict[str, Any]:
+    time_limit = s.effective_time_limit
+    socket_opts = {
+        "socket_timeout": 30,
+        "socket_connect_timeout": 10,
+        "socket_keepalive": True,
+        "health_check_interval": 25,
+    }
+    return {
+        "broker_url": s.broker_url,
+        "result_backend": s.backend_url,
+        # JSON only: a pickle message is refused, never deserialized.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_default_queue": s.queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": time_limit,
+        "task_soft_time_limit": max(1, time_limit - 5),
+        "broker_transport_options": {
+            "visibility_timeout": s.visibility_timeout,
+            # kombu sweeps for tasks held by dead nodes every interval x throttle
+            # seconds (100 s by default); keep it well under the visibility timeout.
+            "unacked_restore_interval": max(1, min(10, s.visibility_timeout // 3)),
+            "unacked_restore_throttle": 1,
+            **socket_opts,
+        },
+        "result_backend_transport_options": {"retry_policy": {"timeout": 10.0}, **socket_opts},
+        "redis_socket_timeout": 30,
+        "redis_socket_connect_timeout": 10,
+        "redis_retry_on_timeout": True,
+        "redis_socket_keepalive": True,
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 20,
+        "result_expires": s.result_expires,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {"max_retries": 5, "interval_start": 0.2,
+                                      "interval_step": 0.5, "interval_max": 2.0},
+        # Flower sees queued, running and finished tasks only with these on.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        # Loading and warming a model takes longer than Celery's 4 s default (celery#1715).
+        "worker_proc_alive_timeout": s.proc_alive_timeout,
+        "worker_redirect_stdouts": False,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+    }

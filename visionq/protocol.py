@@ -1,0 +1,55 @@
+"""Names shared by producer and workers: the task, its id and the job keys in Redis.
+
+A job is a list of chunks; chunk ``i`` of job ``J`` is always the Celery task with id
+``J:i``. Re-publishing a chunk therefore reuses its id and its single result key,
+which is what makes redelivery idempotent.
+"""
+
+from __future__ import annotations
+
+TASK_NAME = "visionq.classify"
+RESULT_KEY_PREFIX = "celery-task-meta-"  # Celery's Redis backend key prefix
+JOB_PREFIX = "visionq:job:"
+WORKER_PREFIX = "visionq:worker:"
+
+
+def task_id(job_id: str, chunk: int) -> str:
+    return f"{job_id}:{chunk}"
+
+
+def parse_task_id(tid: str) -> tuple[str, int]:
+    job_id, _, chunk = tid.rpartition(":")
+    return job_id, int(chunk)
+
+
+def result_key(job_id: str, chunk: int) -> str:
+    return RESULT_KEY_PREFIX + task_id(job_id, chunk)
+
+
+def result_pattern(job_id: str) -> str:
+    return f"{RESULT_KEY_PREFIX}{job_id}:*"
+
+
+class JobKeys:
+    """Redis keys of one job, all in the result backend's database."""
+
+    def __init__(self, job_id: str) -> None:
+        base = JOB_PREFIX + job_id
+        self.meta = base  # hash: sizes, options, state
+        self.chunks = base + ":chunks"  # list: JSON array of paths per chunk
+        self.done = base + ":done"  # set: chunks already written by the producer
+        self.attempts = base + ":attempts"  # hash: chunk -> deliveries seen by workers
+        self.cursor = base + ":cursor"  # hash: chunk -> image index in flight (careful mode)
+        self.poison = base + ":poison"  # hash: chunk -> JSON list of culprit indices
+
+    def all(self) -> tuple[str, ...]:
+        return (self.meta, self.chunks, self.done, self.attempts, self.cursor, self.poison)
+
+    def transient(self) -> tuple[str, ...]:
+        """Everything except the meta hash, which stays behind as the job's summary."""
+        return self.all()[1:]
+
+
+def worker_key(hostname: str) -> str:
+    """Hash of pool child pid -> JSON child record, written by each child."""
+    return WORKER_PREFIX + hostname

@@ -1,0 +1,107 @@
+"""Load ResNet-18 weights onto a device and warm it.
+
+Weights come from ``VISIONQ_WEIGHTS``: ``imagenet`` (torchvision's IMAGENET1K_V1
+through its normal ``TORCH_HOME`` cache), ``random`` (seeded, for smoke runs) or a
+``state_dict`` file. Every result names the weights that produced it by a short id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+from torchvision.models import ResNet18_Weights, resnet18
+
+from workers.device import Placement
+from workers.errors import WeightsUnavailable
+from workers.precision import autocast
+
+log = logging.getLogger(__name__)
+
+IMAGENET = ResNet18_Weights.IMAGENET1K_V1
+RANDOM_SEED = 0
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    categories: list[str]
+    weights_id: str
+    load_ms: float
+
+
+def imagenet_checkpoint_path() -> str:
+    """Where torchvision's cache keeps the IMAGENET1K_V1 file."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(IMAGENET.url))
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+def _load_state(spec: str) -> tuple[dict[str, torch.Tensor] | None, str]:
+    if spec == "random":
+        return None, f"random-seed{RANDOM_SEED}"
+    if spec == "imagenet":
+        target = imagenet_checkpoint_path()
+        try:
+            state = IMAGENET.get_state_dict(progress=False, check_hash=False)
+        except Exception as exc:  # urllib raises many types when offline
+            raise WeightsUnavailable(
+                f"ImageNet weights are not cached and could not be downloaded ({exc}). "
+                f"Put {os.path.basename(IMAGENET.url)} (from {IMAGENET.url}) at {target}, "
+                "or set TORCH_HOME to a folder whose hub/checkpoints/ holds it, "
+                "or set VISIONQ_WEIGHTS to a state_dict file or to 'random'."
+            ) from exc
+        # torchvision names its files <arch>-<sha256 prefix>.pth
+        tag = os.path.splitext(os.path.basename(IMAGENET.url))[0].rpartition("-")[2]
+        return state, f"imagenet1k_v1-{tag}"
+    path = os.path.abspath(os.path.expanduser(spec))
+    if not os.path.isfile(path):
+        raise WeightsUnavailable(
+            f"VISIONQ_WEIGHTS={spec!r} is not 'imagenet', 'random' or an existing file ({path})"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailable(f"cannot load state_dict from {path}: {exc}") from exc
+    return state, f"file-{_file_digest(path)}"
+
+
+def build(spec: str) -> tuple[torch.nn.Module, str]:
+    """An eval-mode ResNet-18 on the CPU with the requested weights, and its id."""
+    state, weights_id = _load_state(spec)
+    if state is None:
+        torch.manual_seed(RANDOM_SEED)
+    model = resnet18(weights=None)
+    if state is not None:
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise WeightsUnavailable(f"weights {spec!r} do not fit ResNet-18: {exc}") from exc
+    return model.eval(), weights_id
+
+
+def load(
+    spec: str, placement: Placement, *, batch_size: int, autocast_dtype: torch.dtype | None
+) -> LoadedModel:
+    """Load, move to the device, switch to channels_last and run one warm-up batch."""
+    start = time.perf_counter()
+    model, weights_id = build(spec)
+    model = model.to(placement.device, memory_format=torch.channels_last)
+    warm = torch.zeros(batch_size, 3, 224, 224, device=placement.device)
+    warm = warm.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(placement, autocast_dtype):
+        model(warm)
+    if placement.is_cuda:
+        torch.cuda.synchronize(placement.device)
+    load_ms = (time.perf_counter() - start) * 1000
+    return LoadedModel(model, list(IMAGENET.meta["categories"]), weights_id, load_ms)

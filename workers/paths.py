@@ -1,0 +1,96 @@
+"""Turn a path from a task into an open file, or a per-image error.
+
+Checks run in an order that never opens what it must not: NUL bytes and relative
+paths are refused, the ``VISIONQ_PATH_MAP`` rewrite applies, the path is resolved
+with ``realpath`` (following every symlink and ``..``) and only then checked against
+``VISIONQ_ALLOWED_ROOTS`` (NOTES §3). The file is opened non-blocking and without
+following a last-moment symlink, and must still be a regular file once open, so a
+FIFO or device swapped in cannot block or stream forever.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from visionq.schema import ErrorType
+from workers.errors import ImageError
+
+
+def rewrite(path: str, rewrites: Sequence[tuple[str, str]]) -> str:
+    for src, dst in rewrites:
+        if path == src or path.startswith(src.rstrip("/") + "/"):
+            return dst + path[len(src.rstrip("/")):]
+    return path
+
+
+def within(real: str, roots: Sequence[str]) -> bool:
+    for root in roots:
+        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
+class PathPolicy:
+    """Where a worker may read, and how big a file may be."""
+
+    def __init__(
+        self,
+        *,
+        roots: Sequence[str] = (),
+        rewrites: Sequence[tuple[str, str]] = (),
+        max_bytes: int,
+    ) -> None:
+        self.roots = tuple(os.path.realpath(r) for r in roots)
+        self.rewrites = tuple(rewrites)
+        self.max_bytes = max_bytes
+
+    def resolve(self, raw: object) -> str:
+        """The real path to read, or ImageError. Never touches the file's contents."""
+        if not isinstance(raw, str) or not raw:
+            raise ImageError(ErrorType.INVALID_PATH, f"not a path: {raw!r}")
+        if "\x00" in raw:
+            raise ImageError(ErrorType.INVALID_PATH, "path contains a NUL byte")
+        path = rewrite(raw, self.rewrites)
+        if not os.path.isabs(path):
+            raise ImageError(ErrorType.INVALID_PATH, f"path is not absolute: {path}")
+        real = os.path.realpath(path)
+        if self.roots and not within(real, self.roots):
+            raise ImageError(
+                ErrorType.PATH_NOT_ALLOWED,
+                f"{path} resolves outside VISIONQ_ALLOWED_ROOTS",
+            )
+        return real
+
+    def open(self, raw: object) -> BinaryIO:
+        real = self.resolve(raw)
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise ImageError(ErrorType.FILE_NOT_FOUND, f"no such file: {raw}") from None
+        except NotADirectoryError:
+            raise ImageError(ErrorType.FILE_NOT_FOUND, f"no such file: {raw}") from None
+        except PermissionError:
+            raise ImageError(ErrorType.PERMISSION_DENIED, f"permission denied: {raw}") from None
+        except OSError as exc:
+            raise ImageError(ErrorType.NOT_A_FILE, f"cannot open {raw}: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                kind = "folder" if stat.S_ISDIR(st.st_mode) else "special file"
+                raise ImageError(ErrorType.NOT_A_FILE, f"{raw} is a {kind}, not an image file")
+            if st.st_size > self.max_bytes:
+                raise ImageError(
+                    ErrorType.FILE_TOO_LARGE,
+                    f"{raw} is {st.st_size} bytes; the limit is {self.max_bytes} "
+                    "(VISIONQ_MAX_IMAGE_BYTES)",
+                )
+            if st.st_size == 0:
+                raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{raw} is empty")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise

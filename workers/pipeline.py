@@ -1,0 +1,100 @@
+"""One chunk of paths in, one compact payload out.
+
+Images are decoded one by one and forwarded in micro-batches of ``batch_size``. A bad
+image becomes an error item and drops out of its batch; the rest of the batch is still
+classified. In careful mode (a chunk redelivered past ``max_attempts``) images run one
+at a time with the one in flight recorded, so a culprit can be singled out.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from visionq.schema import ErrorType, error_item, make_payload
+from workers.errors import ImageError
+from workers.ledger import Delivery, Ledger
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def run_chunk(
+    rt: Runtime,
+    ledger: Ledger,
+    *,
+    chunk: int,
+    paths: Sequence[str],
+    top_k: int,
+    delivery: Delivery,
+) -> dict[str, Any]:
+    careful = delivery.attempt > rt.settings.max_attempts
+    items: list[list[Any] | None] = [None] * len(paths)
+    pending: list[tuple[int, torch.Tensor, float]] = []
+    batch_size = 1 if careful else rt.batch_size
+
+    for i, path in enumerate(paths):
+        if i in delivery.poison:
+            items[i] = error_item(
+                path,
+                ErrorType.POISON_INPUT,
+                f"killed or hung its worker on attempt {delivery.attempt - 1}; skipped",
+            )
+            continue
+        if careful:
+            ledger.mark_in_flight(chunk, i)
+        start = time.perf_counter()
+        try:
+            with rt.policy.open(path) as fh:
+                tensor = rt.preprocess(fh, path)
+        except ImageError as exc:
+            items[i] = error_item(path, exc.etype, exc.message, _ms(start))
+            continue
+        except MemoryError:
+            items[i] = error_item(path, ErrorType.UNSUPPORTED_IMAGE, "image too large to decode")
+            continue
+        pending.append((i, tensor, _ms(start)))
+        if len(pending) >= batch_size:
+            _forward(rt, pending, paths, items, top_k)
+            pending = []
+    if pending:
+        _forward(rt, pending, paths, items, top_k)
+    if careful:
+        ledger.finish(chunk)
+    return make_payload(
+        chunk=chunk,
+        items=[item for item in items if item is not None],
+        worker=rt.hostname,
+        device=rt.placement.device,
+        weights=rt.weights_id,
+        precision=rt.precision,
+        attempt=delivery.attempt,
+    )
+
+
+def _forward(
+    rt: Runtime,
+    pending: list[tuple[int, torch.Tensor, float]],
+    paths: Sequence[str],
+    items: list[list[Any] | None],
+    top_k: int,
+) -> None:
+    start = time.perf_counter()
+    try:
+        tops = rt.classifier([t for _, t, _ in pending], top_k)
+    except RuntimeError as exc:  # e.g. CUDA out of memory: fail these images, keep serving
+        log.exception("forward pass failed for %d images", len(pending))
+        for i, _, decode_ms in pending:
+            items[i] = error_item(paths[i], ErrorType.INFERENCE_ERROR, str(exc), decode_ms)
+        return
+    per_image = _ms(start) / len(pending)
+    for (i, _, decode_ms), top in zip(pending, tops):
+        items[i] = [paths[i], top, None, None, round(decode_ms, 2), round(per_image, 2)]
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000

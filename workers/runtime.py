@@ -1,0 +1,92 @@
+"""Per-child state: the warm model and everything a task needs, built once after fork."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from visionq.settings import Settings
+from workers import model, precision
+from workers.device import Placement, default_batch_size, place
+from workers.inference import Classifier
+from workers.paths import PathPolicy
+from workers.preprocess import Preprocessor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    hostname: str
+    placement: Placement
+    classifier: Classifier
+    preprocess: Preprocessor
+    policy: PathPolicy
+    batch_size: int
+    precision: str
+    weights_id: str
+    load_ms: float
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "pid": os.getpid(),
+            "device": self.placement.device,
+            "threads": self.placement.threads,
+            "weights": self.weights_id,
+            "precision": self.precision,
+            "batch_size": self.batch_size,
+            "load_ms": round(self.load_ms, 1),
+            "warm": True,
+        }
+
+
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    if _current is None:
+        raise RuntimeError("this process has no model: it is not an initialised pool child")
+    return _current
+
+
+def start(settings: Settings, *, child_index: int, concurrency: int, hostname: str) -> Runtime:
+    """Place this child, set its threads, load and warm its model."""
+    global _current
+    cuda_count = torch.cuda.device_count() if settings.device != "cpu" else 0
+    placement = place(
+        settings.device,
+        child_index,
+        concurrency=concurrency,
+        cuda_count=cuda_count,
+        cores=os.cpu_count() or 1,
+        threads=settings.threads,
+    )
+    torch.set_num_threads(placement.threads)
+    if placement.is_cuda:
+        torch.cuda.set_device(placement.device)
+    used_precision, dtype = precision.resolve(settings.precision, placement)
+    batch_size = default_batch_size(placement, settings.batch_size)
+    loaded = model.load(settings.weights, placement, batch_size=batch_size, autocast_dtype=dtype)
+    _current = Runtime(
+        settings=settings,
+        hostname=hostname,
+        placement=placement,
+        classifier=Classifier(loaded.model, loaded.categories, placement, dtype),
+        preprocess=Preprocessor(
+            max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft
+        ),
+        policy=PathPolicy(
+            roots=settings.roots,
+            rewrites=settings.path_rewrites,
+            max_bytes=settings.max_image_bytes,
+        ),
+        batch_size=batch_size,
+        precision=used_precision,
+        weights_id=loaded.weights_id,
+        load_ms=loaded.load_ms,
+    )
+    return _current

@@ -1,0 +1,92 @@
+"""Worker lifecycle hooks: what the prefork parent and each pool child do at start-up.
+
+The parent only records who it is; it never imports torch. Each child places itself
+on a device, loads and warms its model (``worker_process_init``, after the fork) and
+registers itself in Redis so ``visionq status`` can show per-child devices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+from typing import Any
+
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from kombu.utils.url import maybe_sanitize_url
+
+from visionq.protocol import worker_key
+from workers import app, settings
+
+log = logging.getLogger(__name__)
+
+# The WorkController, captured in the parent and inherited by every forked child.
+_controller: Any = None
+
+
+@worker_init.connect
+def _on_worker_init(sender: Any = None, **_: Any) -> None:
+    global _controller
+    _controller = sender
+    log.info(
+        "visionq worker: broker=%s backend=%s queue=%s device=%s weights=%s precision=%s",
+        maybe_sanitize_url(settings.broker_url),
+        maybe_sanitize_url(settings.backend_url),
+        settings.queue,
+        settings.device,
+        settings.weights,
+        settings.precision,
+    )
+
+
+def _pool_size() -> int:
+    if _controller is None:
+        return 1
+    autoscale = getattr(_controller, "max_concurrency", None)
+    return int(autoscale or _controller.concurrency or 1)
+
+
+def _hostname() -> str:
+    return getattr(_controller, "hostname", None) or app.conf.get("worker_name") or "celery"
+
+
+@worker_process_init.connect
+def _on_child_init(**_: Any) -> None:
+    from billiard.process import current_process
+
+    from workers import runtime  # torch loads here, in the child
+
+    index = getattr(current_process(), "index", 0) or 0
+    try:
+        rt = runtime.start(
+            settings, child_index=index, concurrency=_pool_size(), hostname=_hostname()
+        )
+    except Exception as exc:
+        # A child that cannot load would be respawned forever; stop the whole node so
+        # the operator sees the message once, clearly.
+        log.critical("visionq child cannot start: %s", exc)
+        os.kill(os.getppid(), signal.SIGTERM)
+        raise
+    info = rt.describe()
+    log.info(
+        "visionq child ready pid=%d index=%d device=%s threads=%d weights=%s "
+        "precision=%s batch=%d load_ms=%.0f",
+        os.getpid(), index, info["device"], info["threads"], info["weights"],
+        info["precision"], info["batch_size"], info["load_ms"],
+    )  # fmt: skip
+    try:
+        client = app.backend.client
+        key = worker_key(rt.hostname)
+        client.hset(key, str(os.getpid()), json.dumps({"index": index, **info}))
+        client.expire(key, settings.result_expires)
+    except Exception:  # status is a convenience; never fail a warm child over it
+        log.warning("could not register child in Redis", exc_info=True)
+
+
+@worker_process_shutdown.connect
+def _on_child_shutdown(pid: int | None = None, **_: Any) -> None:
+    try:
+        app.backend.client.hdel(worker_key(_hostname()), str(pid or os.getpid()))
+    except Exception:
+        log.debug("could not unregister child", exc_info=True)

@@ -1,0 +1,27 @@
+"""The task the producer publishes: classify one chunk of image paths."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from visionq.protocol import TASK_NAME
+from workers import app
+
+
+@app.task(name=TASK_NAME, bind=True)
+def classify(self: Any, job_id: str, chunk: int, paths: list[str], top_k: int = 5
+             ) -> dict[str, Any]:
+    # Imported here, not at module level: they import torch, which must only ever load
+    # in pool children, after the fork (NOTES §1).
+    from workers import pipeline, runtime
+    from workers.ledger import Ledger
+
+    rt = runtime.current()
+    ledger = Ledger(self.backend.client, job_id, rt.settings.result_expires)
+    delivery = ledger.begin(chunk, careful_after=rt.settings.max_attempts)
+    if delivery.done:
+        # A redelivery of a chunk the producer already wrote: nothing to redo.
+        return {"v": 1, "chunk": chunk, "skipped": True}
+    return pipeline.run_chunk(
+        rt, ledger, chunk=chunk, paths=paths, top_k=int(top_k), delivery=delivery
+    )
