@@ -45,14 +45,22 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-file", metavar="FILE", help="read one path per line ('-' for stdin)")
     p.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders")
     p.add_argument("--top-k", type=int, default=5, metavar="K", help="classes per image (5)")
-    p.add_argument("--chunk-size", type=int, metavar="N",
-                   help="paths per task (VISIONQ_CHUNK_SIZE, default 32)")
+    p.add_argument(
+        "--chunk-size",
+        type=int,
+        metavar="N",
+        help="paths per task (VISIONQ_CHUNK_SIZE, default 32)",
+    )
     p.add_argument("--queue", metavar="Q", help="queue to publish to (VISIONQ_QUEUE)")
 
 
 def _add_wait(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--timeout", type=float, metavar="S",
-                   help="give up waiting after S seconds (exit 1); default: wait")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="give up waiting after S seconds (exit 1); default: wait",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar or summary")
 
 
@@ -69,10 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="publish images to the workers and collect results")
     _add_inputs(p)
-    p.add_argument("--out", metavar="FILE", help="JSONL, or CSV if FILE ends in .csv; "
-                   "default: JSONL on stdout")
-    p.add_argument("--no-wait", action="store_true",
-                   help="publish, print the job id on stdout and exit")
+    p.add_argument(
+        "--out", metavar="FILE", help="JSONL, or CSV if FILE ends in .csv; default: JSONL on stdout"
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="publish, print the job id on stdout and exit"
+    )
     _add_wait(p)
 
     p = sub.add_parser("collect", help="collect (or resume collecting) a job's results")
@@ -83,17 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="list workers online, their children and the queue")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--queue", metavar="Q", help="queue to measure (VISIONQ_QUEUE)")
-    p.add_argument("--timeout", type=float, default=2.0, metavar="S",
-                   help="seconds to wait for workers to answer (2)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=2.0,
+        metavar="S",
+        help="seconds to wait for workers to answer (2)",
+    )
 
     p = sub.add_parser("run", help="one command: private Redis + local worker + job")
     _add_inputs(p)
     p.add_argument("--out", metavar="FILE", required=True, help="JSONL, or CSV for *.csv")
-    p.add_argument("--workers", type=int, metavar="N",
-                   help="pool children of the local worker (default: 2, or 1 on one core)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="pool children of the local worker (default: 2, or 1 on one core)",
+    )
     p.add_argument("--weights", metavar="W", help="VISIONQ_WEIGHTS for the local worker")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
-                   help="VISIONQ_PRECISION for the local worker")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="VISIONQ_PRECISION for the local worker",
+    )
     _add_wait(p)
     return parser
 

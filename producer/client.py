@@ -15,6 +15,7 @@ is dropped, because each chunk is written once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -292,10 +293,8 @@ class _Collector:
             self._finish()
         finally:
             if self.pubsub is not None:
-                try:
+                with contextlib.suppress(_REDIS_ERRORS):
                     self.pubsub.close()
-                except _REDIS_ERRORS:
-                    pass
 
     # -- Redis I/O --------------------------------------------------------------
 
@@ -310,7 +309,7 @@ class _Collector:
         while msg is not None:
             if msg.get("type") == "pmessage":
                 _, chunk = protocol.parse_task_id(
-                    msg["channel"].decode()[len(protocol.RESULT_KEY_PREFIX):]
+                    msg["channel"].decode()[len(protocol.RESULT_KEY_PREFIX) :]
                 )
                 out.append((chunk, json.loads(msg["data"])))
             msg = self.pubsub.get_message(timeout=0)
@@ -320,9 +319,11 @@ class _Collector:
         out = []
         order = sorted(self.pending)
         for i in range(0, len(order), _MGET_BATCH):
-            batch = order[i:i + _MGET_BATCH]
+            batch = order[i : i + _MGET_BATCH]
             values = self.redis.mget([protocol.result_key(self.job.id, c) for c in batch])
-            out.extend((c, json.loads(v)) for c, v in zip(batch, values) if v is not None)
+            out.extend(
+                (c, json.loads(v)) for c, v in zip(batch, values, strict=False) if v is not None
+            )
         return out
 
     def _offline(self, exc: Exception) -> None:
@@ -335,10 +336,8 @@ class _Collector:
             ) from None
         log.warning("Redis unreachable (%s); retrying", exc)
         time.sleep(0.5)
-        try:
+        with contextlib.suppress(_REDIS_ERRORS):
             self._connect()
-        except _REDIS_ERRORS:
-            pass
 
     def _ack(self, chunks: Iterable[int]) -> None:
         """The chunks are in the output: tell workers to skip them, free their results."""
@@ -427,7 +426,7 @@ class _Collector:
             keys = [protocol.result_key(self.job.id, c) for c in range(n)]
             pipe = self.redis.pipeline(transaction=False)
             for i in range(0, len(keys), _MGET_BATCH):
-                pipe.delete(*keys[i:i + _MGET_BATCH])
+                pipe.delete(*keys[i : i + _MGET_BATCH])
             pipe.execute()
             self.job.manifest.update(state="collected", finished=time.time())
             self.job.manifest.finish()

@@ -6,6 +6,7 @@ group and all, when the context exits, including on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -52,19 +53,13 @@ def find_server() -> str:
 def stop_group(proc: subprocess.Popen, *, grace: float = 15.0) -> None:
     """SIGTERM the process group, then SIGKILL whatever is left after ``grace``."""
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            pass
     # Children of the group (pool processes) may outlive their parent for a moment.
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:

@@ -7,6 +7,7 @@ Redis restart without persistence (NOTES §3): the producer puts it back into Re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from array import array
@@ -141,10 +142,8 @@ class Manifest:
         """Drop the bulky keys; the meta hash stays as a summary until it expires."""
         self.redis.delete(*self.keys.transient())
         for path in (self.chunks_path,):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
-            except FileNotFoundError:
-                pass
 
 
 def _flat(meta: dict[str, Any]) -> dict[str, str]:

@@ -59,8 +59,12 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "task_publish_retry": True,
-        "task_publish_retry_policy": {"max_retries": 5, "interval_start": 0.2,
-                                      "interval_step": 0.5, "interval_max": 2.0},
+        "task_publish_retry_policy": {
+            "max_retries": 5,
+            "interval_start": 0.2,
+            "interval_step": 0.5,
+            "interval_max": 2.0,
+        },
         # Flower sees queued, running and finished tasks only with these on.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

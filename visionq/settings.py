@@ -146,9 +146,7 @@ class Settings:
     def validate(self) -> None:
         dev = self.device
         if not (dev in DEVICE_CHOICES or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise SettingsError(
-                f"VISIONQ_DEVICE={dev!r}; expected one of auto, cpu, cuda, cuda:N"
-            )
+            raise SettingsError(f"VISIONQ_DEVICE={dev!r}; expected one of auto, cpu, cuda, cuda:N")
         if self.precision not in PRECISION_CHOICES:
             raise SettingsError(
                 f"VISIONQ_PRECISION={self.precision!r}; expected one of "
@@ -184,6 +182,6 @@ def _with_db(url: str, db: int) -> str:
     """The same Redis server as ``url`` but database ``db``."""
     base, _, query = url.partition("?")
     scheme, sep, rest = base.partition("://")
-    host, slash, _path = rest.partition("/")
+    host, _slash, _path = rest.partition("/")
     out = f"{scheme}{sep}{host}/{db}"
     return f"{out}?{query}" if query else out

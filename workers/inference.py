@@ -38,6 +38,6 @@ class Classifier:
         top_p, top_i = probs.topk(k, dim=1)
         top_p, top_i = top_p.cpu().tolist(), top_i.cpu().tolist()
         return [
-            [(i, self.categories[i], round(p, PROB_DIGITS)) for i, p in zip(idx, ps)]
-            for idx, ps in zip(top_i, top_p)
+            [(i, self.categories[i], round(p, PROB_DIGITS)) for i, p in zip(idx, ps, strict=False)]
+            for idx, ps in zip(top_i, top_p, strict=False)
         ]

@@ -22,15 +22,12 @@ from workers.errors import ImageError
 def rewrite(path: str, rewrites: Sequence[tuple[str, str]]) -> str:
     for src, dst in rewrites:
         if path == src or path.startswith(src.rstrip("/") + "/"):
-            return dst + path[len(src.rstrip("/")):]
+            return dst + path[len(src.rstrip("/")) :]
     return path
 
 
 def within(real: str, roots: Sequence[str]) -> bool:
-    for root in roots:
-        if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-            return True
-    return False
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
 
 
 class PathPolicy:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from visionq.schema import ErrorType, error_item, make_payload
+from workers import metrics
 from workers.errors import ImageError
 from workers.ledger import Delivery, Ledger
 from workers.runtime import Runtime
@@ -57,7 +58,15 @@ def run_chunk(
         except MemoryError:
             items[i] = error_item(path, ErrorType.UNSUPPORTED_IMAGE, "image too large to decode")
             continue
-        pending.append((i, tensor, _ms(start)))
+        except Exception as exc:  # one odd file must not fail its whole chunk
+            log.exception("unexpected error preparing %s", path)
+            items[i] = error_item(
+                path, ErrorType.UNSUPPORTED_IMAGE, f"{type(exc).__name__}: {exc}", _ms(start)
+            )
+            continue
+        decode_ms = _ms(start)
+        metrics.observe_decode(decode_ms / 1000)
+        pending.append((i, tensor, decode_ms))
         if len(pending) >= batch_size:
             _forward(rt, pending, paths, items, top_k)
             pending = []
@@ -65,6 +74,9 @@ def run_chunk(
         _forward(rt, pending, paths, items, top_k)
     if careful:
         ledger.finish(chunk)
+    for item in items:
+        if item is not None:
+            metrics.observe_image(item[2] is None, item[2])
     return make_payload(
         chunk=chunk,
         items=[item for item in items if item is not None],
@@ -91,8 +103,10 @@ def _forward(
         for i, _, decode_ms in pending:
             items[i] = error_item(paths[i], ErrorType.INFERENCE_ERROR, str(exc), decode_ms)
         return
-    per_image = _ms(start) / len(pending)
-    for (i, _, decode_ms), top in zip(pending, tops):
+    forward_ms = _ms(start)
+    metrics.observe_batch(len(pending), forward_ms / 1000)
+    per_image = forward_ms / len(pending)
+    for (i, _, decode_ms), top in zip(pending, tops, strict=False):
         items[i] = [paths[i], top, None, None, round(decode_ms, 2), round(per_image, 2)]
 
 

@@ -21,8 +21,9 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def resolve(precision: str, placement: Placement, *, cpu_bf16: bool | None = None
-            ) -> tuple[str, torch.dtype | None]:
+def resolve(
+    precision: str, placement: Placement, *, cpu_bf16: bool | None = None
+) -> tuple[str, torch.dtype | None]:
     """The precision actually used, and the autocast dtype (None means plain fp32)."""
     if precision == "fp32":
         return "fp32", None

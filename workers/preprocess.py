@@ -19,7 +19,7 @@ from visionq.schema import ErrorType
 from workers.errors import ImageError
 
 # Decoders we accept; anything else is refused before a plugin parses it (NOTES §3).
-FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO")
+FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 RESIZE = 256
 # Resizing the short side to 256 makes a 1:N strip 256*N wide; past this ratio the
 # intermediate image alone would take gigabytes, so such inputs are refused.
@@ -58,11 +58,25 @@ class Preprocessor:
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{name} is not an image") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{name}: {exc}") from None
+        except ImageError:
+            raise
+        except Exception as exc:
+            # A decoder bug on one hostile file must cost that file, not its whole chunk.
+            raise ImageError(
+                ErrorType.UNREADABLE_IMAGE, f"{name}: {type(exc).__name__}: {exc}"
+            ) from None
+        try:
+            return self._to_rgb(img)
+        except MemoryError:
+            raise ImageError(ErrorType.UNSUPPORTED_IMAGE, f"{name}: too large to convert") from None
+
+    @staticmethod
+    def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode in _SIXTEEN_BIT:
             # convert("RGB") would clip 16-bit samples at 255 (a white image); keep the
             # top 8 bits instead.
             arr = np.asarray(img, dtype=np.uint32) >> 8
-            img = Image.fromarray(arr.astype(np.uint8), mode="L")
+            img = Image.fromarray(arr.astype(np.uint8))
         return img.convert("RGB")
 
     def __call__(self, fh: BinaryIO, name: str) -> torch.Tensor:

@@ -17,7 +17,7 @@ from celery.signals import worker_init, worker_process_init, worker_process_shut
 from kombu.utils.url import maybe_sanitize_url
 
 from visionq.protocol import worker_key
-from workers import app, settings
+from workers import app, metrics, settings
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,7 @@ _controller: Any = None
 def _on_worker_init(sender: Any = None, **_: Any) -> None:
     global _controller
     _controller = sender
+    metrics.setup_parent(settings)
     log.info(
         "visionq worker: broker=%s backend=%s queue=%s device=%s weights=%s precision=%s",
         maybe_sanitize_url(settings.broker_url),
@@ -69,6 +70,7 @@ def _on_child_init(**_: Any) -> None:
         os.kill(os.getppid(), signal.SIGTERM)
         raise
     info = rt.describe()
+    metrics.child_started(rt.placement.device, rt.load_ms / 1000)
     log.info(
         "visionq child ready pid=%d index=%d device=%s threads=%d weights=%s "
         "precision=%s batch=%d load_ms=%.0f",
@@ -86,6 +88,7 @@ def _on_child_init(**_: Any) -> None:
 
 @worker_process_shutdown.connect
 def _on_child_shutdown(pid: int | None = None, **_: Any) -> None:
+    metrics.child_exited(pid or os.getpid())
     try:
         app.backend.client.hdel(worker_key(_hostname()), str(pid or os.getpid()))
     except Exception:

@@ -9,8 +9,9 @@ from workers import app
 
 
 @app.task(name=TASK_NAME, bind=True)
-def classify(self: Any, job_id: str, chunk: int, paths: list[str], top_k: int = 5
-             ) -> dict[str, Any]:
+def classify(
+    self: Any, job_id: str, chunk: int, paths: list[str], top_k: int = 5
+) -> dict[str, Any]:
     # Imported here, not at module level: they import torch, which must only ever load
     # in pool children, after the fork (NOTES §1).
     from workers import pipeline, runtime
