@@ -69,3 +69,11 @@ def test_every_setting_is_documented():
         "VISIONQ_QUEUE",
         "VISIONQ_PATH_MAP",
     } <= {r[0] for r in rows}
+
+
+def test_readme_table_lists_every_setting():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [name for name, _, _ in Settings.documented() if f"| `{name}` |" not in readme]
+    assert not missing, f"README configuration table lacks {missing}"
