@@ -90,9 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", required=True, help="file to write or resume")
     _add_wait(p)
 
-    p = sub.add_parser("status", help="list workers online, their children and the queue")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--queue", metavar="Q", help="queue to measure (VISIONQ_QUEUE)")
+    p = sub.add_parser(
+        "status",
+        help="list workers online, their children and the queues",
+        description="Workers online with, per pool child, its device, whether its model is "
+        "warm and its weights; queue depths and tasks in flight. Exit 1 if no worker answers.",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    p.add_argument(
+        "--queue", metavar="Q", help="queue to measure besides the workers' own (VISIONQ_QUEUE)"
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -230,12 +237,17 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from producer.status import gather, render
 
+    if args.timeout <= 0:
+        raise UsageError("--timeout must be positive")
     with Client(settings=settings, queue=args.queue) as client:
         status = gather(client, timeout=args.timeout)
     if args.json:
         print(json.dumps(status.as_dict(), indent=2))
+        if not status.workers:  # stdout stays pure JSON for scripts
+            print(f"visionq: no worker answered within {args.timeout:g} s", file=sys.stderr)
     else:
         print(render(status))
+    # Exit 1 when nobody answers, so `visionq status` works as a liveness probe.
     return EXIT_OK if status.workers else EXIT_INCOMPLETE
 
 
