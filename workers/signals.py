@@ -13,7 +13,12 @@ import os
 import signal
 from typing import Any
 
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_ready,
+)
 from kombu.utils.url import maybe_sanitize_url
 
 from visionq.protocol import worker_key
@@ -30,6 +35,11 @@ def _on_worker_init(sender: Any = None, **_: Any) -> None:
     global _controller
     _controller = sender
     metrics.setup_parent(settings)
+
+
+@worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    # Logged here rather than in worker_init: Celery sets up logging between the two.
     log.info(
         "visionq worker: broker=%s backend=%s queue=%s device=%s weights=%s precision=%s",
         maybe_sanitize_url(settings.broker_url),
