@@ -18,7 +18,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from workers.device import Placement
 from workers.errors import WeightsUnavailable
-from workers.precision import autocast
+from workers.precision import Fp32Head, autocast
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,8 @@ def load(
     """Load, move to the device, switch to channels_last and run one warm-up batch."""
     start = time.perf_counter()
     model, weights_id = build(spec)
+    if autocast_dtype is not None:
+        model.fc = Fp32Head(model.fc)
     model = model.to(placement.device, memory_format=torch.channels_last)
     warm = torch.zeros(batch_size, 3, 224, 224, device=placement.device)
     warm = warm.contiguous(memory_format=torch.channels_last)

@@ -22,3 +22,16 @@ def test_bf16_needs_native_support_on_cpu():
 def test_fp16_only_on_cuda():
     assert resolve("fp16", GPU) == ("fp16", torch.float16)
     assert resolve("fp16", CPU) == ("fp32", None)
+
+
+def test_fp32_head_keeps_logits_fp32_under_autocast():
+    from workers.precision import Fp32Head
+
+    head = torch.nn.Linear(16, 1000)
+    x = torch.randn(4, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = head(x)
+        wrapped = Fp32Head(head)(x)
+    assert plain.dtype == torch.bfloat16
+    assert wrapped.dtype == torch.float32
+    assert torch.allclose(wrapped, head(x), atol=1e-6)
