@@ -73,7 +73,7 @@ def build(count: int, folder: Path) -> list[Path]:
     paths = [folder / image_name(i) for i in range(count)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
     if missing:
-        log.info("building %d of %d corpus images in %s", len(missing), count, folder)
+        log.info("building %d of %d corpus images in %s", len(missing), count, folder.name)
     for i in missing:
         tmp = paths[i].with_suffix(".tmp")
         make_image(i).save(tmp, format="JPEG", quality=JPEG_QUALITY)

@@ -1,4 +1,4 @@
-"""The reference pool: the best plain-torch throughput on this machine, and the headline denominator.
+"""The reference pool: the best plain-torch throughput here, and the headline denominator.
 
 P spawned processes, one torch thread each, channels_last, batched decode and forward, model
 warmed before the clock starts. It returns every image's probabilities so precision can be
@@ -12,6 +12,7 @@ import logging
 import queue as queue_mod
 import time
 from dataclasses import dataclass
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def _child(
     precision: str,
     tasks: mp.Queue,
     results: mp.Queue,
-    barrier: object,
+    barrier: Barrier,
 ) -> None:
     torch.set_num_threads(1)
     model = load_model(Path(weights)).to(memory_format=torch.channels_last)
@@ -53,7 +54,7 @@ def _child(
     warm = torch.randn(BATCH, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), _autocast(precision):
         model(warm)
-    barrier.wait()  # type: ignore[attr-defined]
+    barrier.wait()
     while (task := tasks.get()) is not None:
         start, paths = task
         x = torch.stack([decode(p, transform) for p in paths])
@@ -63,7 +64,9 @@ def _child(
         results.put((start, logits.float().softmax(1).numpy()))
 
 
-def run(paths: list[Path], weights: Path, precision: str = "fp32", timeout: float = 900.0) -> PoolRun:
+def run(
+    paths: list[Path], weights: Path, precision: str = "fp32", timeout: float = 900.0
+) -> PoolRun:
     ctx = mp.get_context("spawn")
     tasks = ctx.Queue()
     results = ctx.Queue()
@@ -74,7 +77,9 @@ def run(paths: list[Path], weights: Path, precision: str = "fp32", timeout: floa
     for _ in range(PROCESSES):
         tasks.put(None)
     procs = [
-        ctx.Process(target=_child, args=(str(weights), precision, tasks, results, barrier), daemon=True)
+        ctx.Process(
+            target=_child, args=(str(weights), precision, tasks, results, barrier), daemon=True
+        )
         for _ in range(PROCESSES)
     ]
     for p in procs:
@@ -86,7 +91,9 @@ def run(paths: list[Path], weights: Path, precision: str = "fp32", timeout: floa
         deadline = t0 + timeout
         while len(chunks) < len(batches):
             if not all(p.is_alive() for p in procs) and results.empty():
-                raise RuntimeError("a pool process died: " + ", ".join(str(p.exitcode) for p in procs))
+                raise RuntimeError(
+                    "a pool process died: " + ", ".join(str(p.exitcode) for p in procs)
+                )
             try:
                 start, probs = results.get(timeout=1.0)
             except queue_mod.Empty:

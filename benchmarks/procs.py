@@ -1,12 +1,14 @@
-"""Child processes that cannot outlive a benchmark: each leads its own session and dies as a group."""
+"""Child processes that cannot outlive a benchmark: each leads a session and dies as a group."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
-import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,10 +64,8 @@ def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
             time.sleep(0.05)
         _signal_group(pgid, signal.SIGKILL)
     if proc.returncode is None:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
 
 
 @dataclass(frozen=True)
@@ -75,30 +75,29 @@ class Finished:
     max_rss_mb: float
 
 
-def wait_with_rusage(proc: subprocess.Popen[bytes], started: float, timeout: float) -> Finished:
-    """Wait for ``proc`` and return its own peak RSS.
+def run_measured(
+    cmd: Sequence[str], *, env: Mapping[str, str], log_path: Path, timeout: float
+) -> Finished:
+    """Run ``cmd`` to completion under the small ``benchmarks.maxrss`` launcher.
 
-    ``os.wait4`` reports the rusage of that one child, unlike ``RUSAGE_CHILDREN``, which
-    would mix in every process this benchmark has already reaped. Raises
-    ``subprocess.TimeoutExpired`` after ``timeout`` seconds; the caller kills the group.
+    Raises ``subprocess.TimeoutExpired`` after ``timeout`` seconds, with the group killed.
     """
-    deadline = started + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            ended = time.monotonic()
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return Finished(proc.returncode, ended - started, usage.ru_maxrss / 1024)
-        if time.monotonic() > deadline:
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-        time.sleep(0.01)
+    report = log_path.with_suffix(".rusage.json")
+    report.unlink(missing_ok=True)
+    launcher = [sys.executable, "-m", "benchmarks.maxrss", str(report), "--", *cmd]
+    with open(log_path, "wb") as log_file:
+        proc = spawn(launcher, env=env, stdout=log_file)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        kill_group(proc)
+    if not report.exists():
+        raise RuntimeError(f"launcher exited {proc.returncode} without a report")
+    data = json.loads(report.read_text())
+    return Finished(int(data["returncode"]), float(data["seconds"]), data["max_rss_kb"] / 1024)
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def own_peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -75,5 +75,7 @@ def _wait_ping(server: RedisServer, proc: subprocess.Popen[bytes]) -> None:
             if proc.poll() is not None:
                 raise RuntimeError(f"{server.binary} exited at start") from None
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{server.binary} did not answer in {START_TIMEOUT_S:.0f} s") from None
+                raise RuntimeError(
+                    f"{server.binary} did not answer in {START_TIMEOUT_S:.0f} s"
+                ) from None
             time.sleep(0.05)

@@ -36,7 +36,8 @@ def worker(model: torch.nn.Module, queue: mp.Queue, results: mp.Queue) -> None:
 def main(argv: list[str]) -> int:
     method, manifest, weights = argv
     mp.set_start_method(method)
-    paths = open(manifest).read().split()
+    with open(manifest) as f:
+        paths = f.read().split()
 
     model = load_model(weights)
     model.share_memory()
@@ -51,7 +52,9 @@ def main(argv: list[str]) -> int:
     results: mp.Queue = mp.Queue()
 
     print(START_MARKER, time.time(), flush=True)
-    procs = [mp.Process(target=worker, args=(model, queue, results)) for _ in range(os.cpu_count() or 1)]
+    procs = [
+        mp.Process(target=worker, args=(model, queue, results)) for _ in range(os.cpu_count() or 1)
+    ]
     for p in procs:
         p.start()
     for _ in paths:

@@ -40,7 +40,7 @@ class _Progress:
             elif line.startswith(starting_design.DONE_PREFIX):
                 self.done.append(now)
             else:
-                self.tail = (self.tail + [line])[-5:]
+                self.tail = ([*self.tail, line])[-5:]
 
 
 def run(method: str, manifest: Path, weights: Path, images: int, timeout: float) -> Row:
@@ -60,7 +60,9 @@ def run(method: str, manifest: Path, weights: Path, images: int, timeout: float)
         finished = len(progress.done)
         if finished < images:
             if proc.poll() is not None:
-                note = f"exited {proc.returncode} after {finished} images: " + " | ".join(progress.tail)
+                note = f"exited {proc.returncode} after {finished} images: " + " | ".join(
+                    progress.tail
+                )
                 return Row("baseline", name, "error", images=finished, note=note)
             return Row(
                 "baseline",
@@ -77,7 +79,10 @@ def run(method: str, manifest: Path, weights: Path, images: int, timeout: float)
         try:
             proc.wait(timeout=EXIT_GRACE_S)
         except subprocess.TimeoutExpired:
-            note = f"all images done but the script did not exit within {EXIT_GRACE_S:.0f} s (queue.empty()/get() race)"
+            note = (
+                f"all images done but the script did not exit within {EXIT_GRACE_S:.0f} s "
+                "(queue.empty()/get() race)"
+            )
         return Row("baseline", name, images=images, seconds=seconds, note=note)
     finally:
         kill_group(proc)

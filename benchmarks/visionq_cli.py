@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.layout import ROOT, tool
-from benchmarks.procs import Finished, kill_group, spawn, wait_with_rusage
+from benchmarks.procs import Finished, kill_group, run_measured, spawn
 from benchmarks.redis_server import RedisServer
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,9 @@ def require_tools() -> tuple[str, str]:
     return celery, visionq
 
 
-def environment(server: RedisServer, weights: Path, precision: str, state_dir: Path) -> dict[str, str]:
+def environment(
+    server: RedisServer, weights: Path, precision: str, state_dir: Path
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
     env.update(
         VISIONQ_BROKER_URL=server.url(0),
@@ -60,7 +63,9 @@ class Worker:
     ready: list[ChildReady] = field(default_factory=list)
 
     def poll_ready(self) -> int:
-        lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if READY_MARK in ln]
+        lines = [
+            ln for ln in self.log_path.read_text(errors="replace").splitlines() if READY_MARK in ln
+        ]
         now = time.monotonic() - self.launched
         for line in lines[len(self.ready) :]:
             match = _LOAD_MS.search(line)
@@ -73,8 +78,27 @@ class Worker:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited {self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.ready)} of {children} children ready after {timeout:.0f} s")
+                raise TimeoutError(
+                    f"{len(self.ready)} of {children} children ready after {timeout:.0f} s"
+                )
             time.sleep(0.05)
+
+    @contextmanager
+    def watching(self, every: float = 0.05) -> Iterator[None]:
+        """Poll the log in a thread, so ready times stay accurate while the caller is blocked."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(every):
+                self.poll_ready()
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=5)
 
     def log_tail(self, lines: int = 8) -> str:
         return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -82,7 +106,7 @@ class Worker:
 
 @contextmanager
 def worker(env: dict[str, str], log_path: Path, wait: bool = True) -> Iterator[Worker]:
-    """A prefork worker in its own process group; with ``wait``, yielded once every child is warm."""
+    """A prefork worker in its own process group; with ``wait``, yielded when children are warm."""
     celery, _ = require_tools()
     cmd = [
         celery, "-A", "workers", "worker", "-P", "prefork", "-c", str(CONCURRENCY),
@@ -128,16 +152,13 @@ def submit(
         "--top-k", str(top_k), "--chunk-size", str(chunk_size),
     ]  # fmt: skip
     log_path = out.with_suffix(".log")
-    with open(log_path, "wb") as log_file:
-        started = time.monotonic()
-        proc = spawn(cmd, env=env, stdout=log_file)
     try:
-        finished = wait_with_rusage(proc, started, timeout)
+        finished = run_measured(cmd, env=env, log_path=log_path, timeout=timeout)
     except subprocess.TimeoutExpired:
         records, _ = count_records(out)
-        raise TimeoutError(f"visionq submit ran over {timeout:.0f} s ({records} records written)") from None
-    finally:
-        kill_group(proc)
+        raise TimeoutError(
+            f"visionq submit ran over {timeout:.0f} s ({records} records written)"
+        ) from None
     records, ok = count_records(out)
     tail = " | ".join(log_path.read_text(errors="replace").splitlines()[-6:])
     if finished.returncode != 0 and records == 0:
@@ -160,6 +181,20 @@ def count_records(out: Path) -> tuple[int, int]:
     return records, ok
 
 
+def busy_seconds(out: Path) -> float:
+    """Decode plus inference time the pool children reported, summed over all records.
+
+    Workers give each image its share of the batch's forward time, so the sum is the
+    children's total compute time.
+    """
+    total_ms = 0.0
+    with out.open() as f:
+        for line in f:
+            record = json.loads(line)
+            total_ms += float(record.get("decode_ms") or 0) + float(record.get("infer_ms") or 0)
+    return total_ms / 1000
+
+
 def read_topk(out: Path) -> dict[str, list[tuple[int, float]]]:
     """path -> [(class index, prob), ...] for every successful record."""
     result: dict[str, list[tuple[int, float]]] = {}
@@ -167,5 +202,7 @@ def read_topk(out: Path) -> dict[str, list[tuple[int, float]]]:
         for line in f:
             record: dict[str, Any] = json.loads(line)
             if record.get("ok") and record.get("top_k"):
-                result[record["path"]] = [(int(t["index"]), float(t["prob"])) for t in record["top_k"]]
+                result[record["path"]] = [
+                    (int(t["index"]), float(t["prob"])) for t in record["top_k"]
+                ]
     return result

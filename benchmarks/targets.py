@@ -1,0 +1,99 @@
+"""The figures visionq promises, checked against one run's rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from benchmarks.baselines import pool_name
+from benchmarks.results import Row
+from benchmarks.visionq_e2e import HEADLINE_CHUNK
+
+FP32_RATIO = 0.95
+BF16_RATIO = 1.5
+BF16_TOP1_PCT = 99.0
+PATHS_PER_S = 20_000
+PRODUCER_RSS_MB = 300
+RESULT_KEYS = 10
+SCALE_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    passed: bool | None  # None: not measured in this run
+
+
+def _find(rows: list[Row], group: str, name: str) -> Row | None:
+    return next((r for r in rows if r.group == group and r.name == name), None)
+
+
+def reference_rate(rows: list[Row]) -> float | None:
+    row = _find(rows, "baseline", pool_name("fp32"))
+    return row.rate if row else None
+
+
+def evaluate(rows: list[Row]) -> list[Verdict]:
+    ref = reference_rate(rows)
+    verdicts: list[Verdict] = []
+
+    for precision, ratio in (("fp32", FP32_RATIO), ("bf16", BF16_RATIO)):
+        run = f"visionq {precision} end to end (chunk {HEADLINE_CHUNK})"
+        target = f"{run} >= {ratio}x fp32 reference pool"
+        row = _find(rows, "visionq", f"visionq {precision}, chunk {HEADLINE_CHUNK}")
+        rate = row.rate if row else None
+        if rate is None or ref is None:
+            verdicts.append(Verdict(target, "not measured", None))
+        else:
+            verdicts.append(
+                Verdict(
+                    target,
+                    f"{rate / ref:.2f}x ({rate:.1f} vs {ref:.1f} img/s)",
+                    rate / ref >= ratio,
+                )
+            )
+
+    target = f"visionq bf16 top-1 agreement with visionq fp32 >= {BF16_TOP1_PCT:g}%"
+    row = _find(rows, "accuracy", "visionq bf16 vs visionq fp32 (top-5 lists)")
+    agree = row.figures.get("top1_agree_pct") if row and row.status == "ok" else None
+    if isinstance(agree, int | float):
+        verdicts.append(Verdict(target, f"{agree:.1f}%", agree >= BF16_TOP1_PCT))
+    else:
+        verdicts.append(Verdict(target, "not measured", None))
+
+    scale = next(
+        (
+            r
+            for r in rows
+            if r.group == "scale" and r.figures.get("chunk") == SCALE_CHUNK and r.status == "ok"
+        ),
+        None,
+    )
+    checks = (
+        (
+            f"paths/s >= {PATHS_PER_S:,}",
+            "paths_per_s",
+            lambda v: v >= PATHS_PER_S,
+            "{:,.0f} paths/s",
+        ),
+        (
+            f"producer peak RSS <= {PRODUCER_RSS_MB} MB",
+            "producer_peak_rss_mb",
+            lambda v: v <= PRODUCER_RSS_MB,
+            "{:.0f} MB",
+        ),
+        (
+            f"keys left in the results db <= {RESULT_KEYS}",
+            "results_db_keys_after",
+            lambda v: v <= RESULT_KEYS,
+            "{:.0f} keys",
+        ),
+    )
+    for label, key, ok, fmt in checks:
+        prefix = f"{scale.name}: " if scale else f"missing-path job, chunk {SCALE_CHUNK}: "
+        value = scale.figures.get(key) if scale else None
+        if isinstance(value, int | float):
+            verdicts.append(Verdict(prefix + label, fmt.format(value), bool(ok(value))))
+        else:
+            verdicts.append(Verdict(prefix + label, "not measured", None))
+    return verdicts
