@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -85,10 +84,38 @@ def _walk(node: Any, env: dict[str, str]) -> Any:
     return node
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that, like Compose, rejects a key given twice in one mapping.
+
+    PyYAML keeps the last value silently, so a duplicated `environment:` would pass
+    these tests while Compose refuses the file.
+    """
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value
+            if key == "<<":
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse(path: Path) -> dict[str, Any]:
+    loader = _StrictLoader(path.read_text())
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def load(path: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """The file as Compose sees it, with only the required variables set."""
-    raw = yaml.safe_load(path.read_text())
-    return _walk(raw, dict(REQUIRED_ENV if env is None else env))
+    return _walk(parse(path), dict(REQUIRED_ENV if env is None else env))
 
 
 @cache
@@ -211,6 +238,14 @@ def dockerfile_args() -> dict[str, str]:
     return args
 
 
+def pyproject() -> dict[str, Any]:
+    path = ROOT / "pyproject.toml"
+    if not path.exists():
+        pytest.skip("pyproject.toml not written yet")
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    return tomllib.loads(path.read_text())
+
+
 def real_settings() -> set[str]:
     from visionq.settings import Settings
 
@@ -248,9 +283,7 @@ def cli_options(verb: str) -> frozenset[str]:
         return frozenset(s for a in sub._actions for s in a.option_strings)
     exe = shutil.which("visionq") or str(Path(sys.executable).with_name("visionq"))
     if not Path(exe).exists():
-        pytest.skip(
-            "the visionq CLI (producer.cli or the console script) does not exist yet"
-        )
+        pytest.skip("the visionq CLI (producer.cli or the console script) does not exist yet")
     proc = subprocess.run(
         [exe, verb, "--help"], capture_output=True, text=True, timeout=120, check=False
     )
@@ -292,9 +325,7 @@ def test_broker_and_backend_urls_carry_the_redis_password():
     for name in ("worker", "flower", "producer"):
         env = env_of(service(name))
         assert env["VISIONQ_BROKER_URL"] == f"redis://:{password}@redis:6379/0", name
-        assert env["VISIONQ_RESULT_BACKEND"] == f"redis://:{password}@redis:6379/1", (
-            name
-        )
+        assert env["VISIONQ_RESULT_BACKEND"] == f"redis://:{password}@redis:6379/1", name
 
 
 def test_password_override_reaches_redis_and_the_urls_alike():
@@ -303,9 +334,7 @@ def test_password_override_reaches_redis_and_the_urls_alike():
     assert option(argv(spec["redis"]["command"]), "--requirepass") == "s3cret"
     assert env_of(spec["redis"]).get("REDISCLI_AUTH", "s3cret") == "s3cret"
     for name in ("worker", "flower", "producer"):
-        assert env_of(spec[name])["VISIONQ_BROKER_URL"].startswith(
-            "redis://:s3cret@"
-        ), name
+        assert env_of(spec[name])["VISIONQ_BROKER_URL"].startswith("redis://:s3cret@"), name
 
 
 def test_services_share_the_visionq_environment():
@@ -331,9 +360,7 @@ def test_worker_can_be_scaled():
     assert "container_name" not in worker, "container_name breaks --scale"
     assert not published(worker), "host ports break --scale"
     assert (
-        worker.get("image")
-        == service("flower").get("image")
-        == service("producer").get("image")
+        worker.get("image") == service("flower").get("image") == service("producer").get("image")
     ), "worker, flower and producer run one image"
 
 
@@ -408,17 +435,13 @@ def test_flower_password_has_no_default():
 
 def test_producer_is_a_run_once_profile_writing_to_out():
     producer = service("producer")
-    assert "producer" in (producer.get("profiles") or []), (
-        "producer must not start on `up`"
-    )
+    assert "producer" in (producer.get("profiles") or []), "producer must not start on `up`"
     args = argv(producer["command"])
     assert args[:2] == ["visionq", "submit"], args
     out = option(args, "--out")
     targets = {m["target"]: m for m in mounts(producer)}
     assert out, "the producer must write its results with --out"
-    assert any(out.startswith(t.rstrip("/") + "/") for t in targets), (
-        f"{out} is not mounted"
-    )
+    assert any(out.startswith(t.rstrip("/") + "/") for t in targets), f"{out} is not mounted"
     assert "/data" in targets, "the producer must see the images at /data"
     assert targets["/data"]["read_only"]
     # Producer and workers must see the images under the same path.
@@ -444,9 +467,7 @@ def test_cli_commands_in_the_operations_guide_exist():
         if not m:
             continue
         rest = m.group(2).split("`")[0].split("|")[0].split("#")[0]
-        unknown = set(flags(shlex.split(rest.replace("\\", " ")))) - cli_options(
-            m.group(1)
-        )
+        unknown = set(flags(shlex.split(rest.replace("\\", " ")))) - cli_options(m.group(1))
         assert not unknown, f"{line.strip()!r}: no such option {sorted(unknown)}"
         checked += 1
     assert checked, "docs/operations.md shows no visionq command"
@@ -456,19 +477,15 @@ def test_every_visionq_variable_is_a_real_setting():
     settings = real_settings()
     assert not COMPOSE_ONLY & settings
     for path in (COMPOSE, COMPOSE_GPU):
-        spec = yaml.safe_load(path.read_text())
+        spec = parse(path)
         for name, svc in spec["services"].items():
             for key in env_of(svc):
                 if key.startswith("VISIONQ_"):
                     assert key in settings, f"{path.name}: {name} sets unknown {key}"
         for var in set(re.findall(r"\$\{?(VISIONQ_[A-Z0-9_]+)", path.read_text())):
-            assert var in settings or var in COMPOSE_ONLY, (
-                f"{path.name} reads unknown {var}"
-            )
+            assert var in settings or var in COMPOSE_ONLY, f"{path.name} reads unknown {var}"
     for var in set(re.findall(r"\bVISIONQ_[A-Z0-9_]+", OPERATIONS.read_text())):
-        assert var in settings or var in COMPOSE_ONLY, (
-            f"docs/operations.md names unknown {var}"
-        )
+        assert var in settings or var in COMPOSE_ONLY, f"docs/operations.md names unknown {var}"
 
 
 def test_required_variables_are_documented():
@@ -492,19 +509,13 @@ def test_celery_app_module_exists():
 
 def test_gpu_override_reserves_nvidia_devices_for_the_worker():
     gpu = load(COMPOSE_GPU)
-    assert set(gpu["services"]) <= set(compose()["services"]), (
-        "override of unknown service"
-    )
+    assert set(gpu["services"]) <= set(compose()["services"]), "override of unknown service"
     worker = gpu["services"]["worker"]
     devices = worker["deploy"]["resources"]["reservations"]["devices"]
     assert any(
         d.get("driver") == "nvidia"
         and "gpu" in d.get("capabilities", [])
-        and (
-            d.get("count") == "all"
-            or isinstance(d.get("count"), int)
-            or d.get("device_ids")
-        )
+        and (d.get("count") == "all" or isinstance(d.get("count"), int) or d.get("device_ids"))
         for d in devices
     ), devices
     assert env_of(worker).get("VISIONQ_DEVICE", "").startswith("cuda")
@@ -514,9 +525,7 @@ def test_gpu_override_builds_with_a_known_build_arg_and_its_own_tag():
     worker = load(COMPOSE_GPU)["services"]["worker"]
     build_args = (worker.get("build") or {}).get("args") or {}
     assert "TORCH_INDEX_URL" in build_args
-    assert set(build_args) <= set(dockerfile_args()), (
-        "build arg the Dockerfile does not declare"
-    )
+    assert set(build_args) <= set(dockerfile_args()), "build arg the Dockerfile does not declare"
     assert worker.get("image"), "the GPU worker needs its own image tag"
     assert worker["image"] != service("worker")["image"], (
         "the CUDA image must not overwrite the CPU one"
@@ -541,9 +550,7 @@ def test_dockerfile_base_user_and_default_command():
 
 def test_dockerfile_installs_cpu_torch_and_the_extras():
     args = dockerfile_args()
-    assert args.get("TORCH_INDEX_URL", "").startswith(
-        "https://download.pytorch.org/whl/cpu"
-    )
+    assert args.get("TORCH_INDEX_URL", "").startswith("https://download.pytorch.org/whl/cpu")
     runs = " ".join(rest for instr, rest in dockerfile() if instr == "RUN")
     assert "--extra-index-url" in runs
     assert "TORCH_INDEX_URL" in runs
@@ -551,10 +558,7 @@ def test_dockerfile_installs_cpu_torch_and_the_extras():
 
 
 def test_dockerfile_torch_pins_match_pyproject():
-    pyproject = ROOT / "pyproject.toml"
-    if not pyproject.exists():
-        pytest.skip("pyproject.toml not written yet")
-    extras = tomllib.loads(pyproject.read_text())["project"]["optional-dependencies"]
+    extras = pyproject()["project"]["optional-dependencies"]
     pins = {}
     for req in extras["worker"]:
         m = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*==\s*([^\s;]+).*", req)
@@ -573,18 +577,7 @@ def test_dockerignore_drops_local_state_but_keeps_the_package():
     ]
     for must in (".venv", ".bench", ".git", ".env", "**/__pycache__"):
         assert must in patterns, f".dockerignore must exclude {must}"
-    needed = ["pyproject.toml", "visionq", "workers", "producer"]
-    pyproject = ROOT / "pyproject.toml"
-    if pyproject.exists():
-        readme = tomllib.loads(pyproject.read_text())["project"].get("readme")
-        if isinstance(readme, str):
-            needed.append(readme)
-        elif isinstance(readme, dict) and "file" in readme:
-            needed.append(readme["file"])
-    for path in needed:
-        hit = [
-            p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(path, p)
-        ]
-        assert not hit, (
-            f"{path} is needed by the build but .dockerignore drops it ({hit})"
-        )
+    # README.md is pyproject's `readme`: setuptools fails the build without it.
+    for path in ("pyproject.toml", "README.md", "visionq", "workers", "producer"):
+        hit = [p for p in patterns if not p.startswith("!") and fnmatch.fnmatch(path, p)]
+        assert not hit, f"{path} is needed by the build but .dockerignore drops it ({hit})"
