@@ -48,6 +48,32 @@ _MGET_BATCH = 1000
 Record = dict[str, Any]
 
 
+def _socket_timeout(s: Settings) -> float:
+    # A paused Redis accepts connections and then answers nothing; each call must give
+    # up well within VISIONQ_REDIS_TIMEOUT so the retry loops around it stay bounded.
+    return max(1.0, min(10.0, s.redis_timeout / 3))
+
+
+def producer_config(s: Settings) -> dict[str, Any]:
+    """The shared Celery configuration, with publishing bounded by the Redis timeout."""
+    conf = celery_config(s)
+    timeout = _socket_timeout(s)
+    conf["broker_transport_options"] = {
+        **conf["broker_transport_options"],
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+    }
+    # A publish gives up after ~(retries + 1) socket timeouts plus the intervals: about
+    # VISIONQ_REDIS_TIMEOUT, then the caller sees BackendUnavailable.
+    conf["task_publish_retry_policy"] = {
+        "max_retries": 2,
+        "interval_start": 0.5,
+        "interval_step": 1.0,
+        "interval_max": 2.0,
+    }
+    return conf
+
+
 class Client:
     """Connection to a visionq deployment (a Redis broker and result backend)."""
 
@@ -62,11 +88,12 @@ class Client:
         base = settings if settings is not None else Settings.from_env()
         self.settings = base.replace(broker_url=broker_url, result_backend=backend_url, queue=queue)
         self.celery = Celery("visionq-producer", set_as_current=False)
-        self.celery.conf.update(celery_config(self.settings))
+        self.celery.conf.update(producer_config(self.settings))
+        timeout = _socket_timeout(self.settings)
         self.redis = redis.Redis.from_url(
             self.settings.backend_url,
-            socket_timeout=10,
-            socket_connect_timeout=5,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             health_check_interval=25,
         )
 
@@ -87,6 +114,15 @@ class Client:
                         f" after {limit:g} s: {exc}"
                     ) from None
                 time.sleep(0.5)
+
+    def server_id(self) -> str | None:
+        """Redis's run_id: a new value means a restart, which without persistence
+        emptied the queue (NOTES §3). None where INFO is not allowed (some managed
+        Redis services): restarts are then caught by the stall timer only."""
+        try:
+            return self.redis.info("server").get("run_id")
+        except redis.ResponseError:
+            return None
 
     def close(self) -> None:
         self.redis.close()
@@ -119,7 +155,7 @@ class Client:
         manifest = self._manifest(job_id)
         manifest.create(
             {"chunk_size": size, "top_k": top_k, "queue": queue, "created": time.time(),
-             "images": 0, "chunks": 0, "state": "submitting"}
+             "images": 0, "chunks": 0, "state": "submitting", "run_id": self.server_id()}
         )  # fmt: skip
         images = chunks = 0
         try:
@@ -243,7 +279,12 @@ class Job:
 
 
 class _Collector:
-    """The loop behind :meth:`Job.iter_chunks`."""
+    """The loop behind :meth:`Job.iter_chunks`.
+
+    Every Redis call sits inside one guarded step of the loop: an outage costs retries
+    (up to ``redis_timeout``), never a chunk. Chunks whose re-publish failed are owed
+    and published again on the next sweep, so an outage mid-publish loses nothing.
+    """
 
     def __init__(self, job: Job, *, timeout: float | None, skip: set[int]) -> None:
         self.job = job
@@ -255,55 +296,74 @@ class _Collector:
         self.skip = skip
         self.deadline = time.monotonic() + timeout if timeout else None
         self.retries: Counter[int] = Counter()
+        self.owed: set[int] = set()  # chunks to (re-)publish once Redis takes them
         self.pubsub: Any = None
-        self.run_id: str | None = None
+        # The server the job was published to: a different one at start-up means the
+        # queue was lost while nobody was collecting.
+        self.run_id: str | None = self.meta.get("run_id")
         self.last_progress = time.monotonic()
+        self.stall_wait = self.settings.stall_timeout
         self.offline_since: float | None = None
 
     def run(self) -> Iterator[tuple[int, list[Record]]]:
-        if self.skip:
-            self._ack(self.skip)
         try:
-            self._connect()
+            if self.skip:
+                self._ack(self.skip)
             next_sweep = 0.0
             while self.pending:
+                self._check_deadline()
                 now = time.monotonic()
-                if self.deadline and now >= self.deadline:
-                    raise IncompleteJob(
-                        f"job {self.job.id}: {len(self.pending)} chunks still missing "
-                        "after the timeout",
-                        missing=sum(self.job.manifest.chunk_len(c) for c in self.pending),
-                    )
+                ready: list[tuple[int, list[Record]]] = []
                 try:
-                    ready = self._listen(0.25)
+                    messages = self._listen(0.25)
                     if now >= next_sweep:
-                        ready += self._sweep()
+                        messages += self._sweep()
                         self._check_restart()
                         self._check_stall()
+                        self._flush_owed()
                         next_sweep = time.monotonic() + _SWEEP_EVERY
+                    # Collected one by one, so chunks decided before an outage strikes
+                    # are still handed out below.
+                    for chunk, meta in messages:
+                        records = self._handle(chunk, meta)
+                        if records is not None:
+                            ready.append((chunk, records))
                     self.offline_since = None
                 except _REDIS_ERRORS as exc:
                     self._offline(exc)
-                    continue
-                for chunk, meta in ready:
-                    records = self._handle(chunk, meta)
-                    if records is not None:
-                        yield chunk, records
-                        self._ack([chunk])
+                for chunk, records in ready:
+                    yield chunk, records
+                    self._ack([chunk])
             self._finish()
         finally:
-            if self.pubsub is not None:
-                with contextlib.suppress(_REDIS_ERRORS):
-                    self.pubsub.close()
+            self._close_pubsub()
+
+    def _check_deadline(self) -> None:
+        if self.deadline and time.monotonic() >= self.deadline:
+            raise IncompleteJob(
+                f"job {self.job.id}: {len(self.pending)} chunks still missing after the timeout",
+                missing=sum(self.job.manifest.chunk_len(c) for c in self.pending),
+            )
 
     # -- Redis I/O --------------------------------------------------------------
 
     def _connect(self) -> None:
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe(protocol.result_pattern(self.job.id))
-        self.run_id = self.redis.info("server").get("run_id")
+        self._close_pubsub()
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.psubscribe(protocol.result_pattern(self.job.id))
+        self.pubsub = pubsub
+        if self.run_id is None:
+            self.run_id = self.client.server_id()
+
+    def _close_pubsub(self) -> None:
+        if self.pubsub is not None:
+            with contextlib.suppress(_REDIS_ERRORS):
+                self.pubsub.close()
+            self.pubsub = None
 
     def _listen(self, wait: float) -> list[tuple[int, dict[str, Any]]]:
+        if self.pubsub is None:
+            self._connect()
         out = []
         msg = self.pubsub.get_message(timeout=wait)
         while msg is not None:
@@ -335,9 +395,10 @@ class _Collector:
                 f"than {self.settings.redis_timeout:g} s: {exc}"
             ) from None
         log.warning("Redis unreachable (%s); retrying", exc)
+        # Subscribe again on the next turn; results published meanwhile are found by
+        # the sweep, which the restart check follows.
+        self._close_pubsub()
         time.sleep(0.5)
-        with contextlib.suppress(_REDIS_ERRORS):
-            self._connect()
 
     def _ack(self, chunks: Iterable[int]) -> None:
         """The chunks are in the output: tell workers to skip them, free their results."""
@@ -362,7 +423,8 @@ class _Collector:
         result = meta.get("result")
         if status == "SUCCESS" and isinstance(result, dict) and "items" in result:
             self.pending.discard(chunk)
-            self.last_progress = time.monotonic()
+            self.owed.discard(chunk)
+            self._progress()
             return list(expand(result, self.job.id))
         if status in ("FAILURE", "REVOKED"):
             reason = result.get("exc_message") if isinstance(result, dict) else result
@@ -371,54 +433,75 @@ class _Collector:
 
     def _retry(self, chunk: int, reason: str) -> list[Record] | None:
         paths = self.job.manifest.chunk(chunk)
-        self.retries[chunk] += 1
         # Workers go image by image after max_attempts deliveries and mark one culprit
         # per failed delivery, so this bound lets every image in the chunk be tried.
         limit = self.settings.max_attempts + len(paths) + 1
+        # Deleted before the re-publish, so the next sweep cannot mistake this failure
+        # for the new delivery's; a failed delete leaves it to be seen (and counted)
+        # again, which only brings the bound closer.
         self.redis.delete(protocol.result_key(self.job.id, chunk))
+        self.retries[chunk] += 1
         if self.retries[chunk] > limit:
             log.error("chunk %d failed %d times, giving up: %s", chunk, limit, reason)
             self.pending.discard(chunk)
+            self.owed.discard(chunk)
             return failed_records(
                 paths, self.job.id, chunk, ErrorType.CHUNK_FAILED,
                 f"chunk failed {limit} times; last error: {reason}",
             )  # fmt: skip
         log.warning("chunk %d failed (%s); re-publishing", chunk, reason)
-        self._republish([chunk])
+        self.owed.add(chunk)
+        self._flush_owed()
         return None
 
-    def _republish(self, chunks: Iterable[int]) -> None:
+    def _flush_owed(self) -> None:
+        """Publish the owed chunks; what is not published stays owed."""
+        if not self.owed:
+            return
         m = self.meta
         with self.client.celery.producer_or_acquire() as pub:
-            for chunk in sorted(chunks):
+            for chunk in sorted(self.owed & self.pending):
                 self.client._publish(
                     self.job.id, chunk, self.job.manifest.chunk(chunk), int(m["top_k"]),
                     m["queue"], producer=pub,
                 )  # fmt: skip
+                self.owed.discard(chunk)
+        self.owed &= self.pending
 
     def _check_restart(self) -> None:
-        run_id = self.redis.info("server").get("run_id")
+        run_id = self.client.server_id()
         if run_id == self.run_id:
             return
         # A different server process: without persistence the queue, the manifest and
         # any unread results are gone. Put the manifest back and publish what is missing.
         log.warning("Redis restarted; re-publishing %d pending chunks", len(self.pending))
-        self.run_id = run_id
         self._connect()
         if not self.job.manifest.in_redis():
             self.job.manifest.restore()
-        self._republish(self.pending)
-        self.last_progress = time.monotonic()
+        self.owed |= self.pending
+        self._flush_owed()
+        # Recorded only now: an outage during the steps above repeats them.
+        self.run_id = run_id
+        self.job.manifest.update(run_id=run_id)
+        self._progress()
 
     def _check_stall(self) -> None:
-        if time.monotonic() - self.last_progress < self.settings.stall_timeout:
+        if time.monotonic() - self.last_progress < self.stall_wait:
             return
         log.warning(
             "no result for %.0f s; re-publishing %d pending chunks",
-            self.settings.stall_timeout, len(self.pending),
+            self.stall_wait, len(self.pending),
         )  # fmt: skip
-        self._republish(self.pending)
+        self.owed |= self.pending
+        self._flush_owed()
         self.last_progress = time.monotonic()
+        # Each silent period doubles the wait, so workers that are merely all down do
+        # not find the queue holding one more copy of every chunk per stall timeout.
+        self.stall_wait *= 2
+
+    def _progress(self) -> None:
+        self.last_progress = time.monotonic()
+        self.stall_wait = self.settings.stall_timeout
 
     def _finish(self) -> None:
         try:

@@ -1,9 +1,10 @@
 """Result files: JSONL (one record a line) or CSV, written a whole chunk at a time.
 
-Each chunk's records are written with one ``write`` and flushed, so after a crash only
-the last chunk can be partial. :meth:`ResultWriter.recover` finds the chunks a file
-already holds in full and cuts off a torn or partial tail, so ``visionq collect`` can
-append exactly what is missing.
+Each chunk's records are written with one ``write``, flushed and fsynced before the
+producer marks the chunk done and deletes its result from Redis: after a crash, even
+of the machine, only the last chunk can be partial, and that one is still in Redis.
+:meth:`ResultWriter.recover` finds the chunks a file already holds in full and cuts off
+a torn or partial tail, so ``visionq collect`` can append exactly what is missing.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,6 +37,8 @@ class ResultWriter:
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
         self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the writer
+        # fsync is for files; --out /dev/stdout or a pipe cannot (and need not) sync.
+        self._durable = stat.S_ISREG(os.fstat(self._fh.fileno()).st_mode)
 
     # -- format ---------------------------------------------------------------
 
@@ -52,11 +56,17 @@ class ResultWriter:
             text = self.header + "\n" + text
         self._fh.write(text.encode("utf-8", "surrogateescape"))
         self._fh.flush()
+        # The caller deletes the chunk's only other copy (its Redis result) next.
+        self._sync()
         self.records_written += len(records)
+
+    def _sync(self) -> None:
+        if self._durable:
+            os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._sync()
         self._fh.close()
 
     def __enter__(self) -> ResultWriter:

@@ -9,13 +9,27 @@ Why each delivery setting is what it is (NOTES §2-3):
 * ``visibility_timeout`` above the hard time limit, or a long chunk is redelivered
   while it still runs (celery#5935).
 * socket timeouts on both connections, so a paused Redis raises instead of hanging.
+* ``rediss://`` without ``ssl_cert_reqs`` verifies the server's certificate: kombu
+  alone would fall back to CERT_NONE (an unauthenticated "TLS" link) and Celery's
+  backend would refuse the URL.
 """
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from visionq.settings import Settings
+
+
+def tls_defaults(url: str) -> dict[str, Any] | None:
+    """SSL options for a ``rediss://`` URL that names none, else None (the URL's own
+    ``ssl_*`` query parameters apply unchanged)."""
+    parts = urlsplit(url)
+    if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
+        return None
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
@@ -26,7 +40,13 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "health_check_interval": 25,
     }
+    tls: dict[str, Any] = {}
+    if (broker_tls := tls_defaults(s.broker_url)) is not None:
+        tls["broker_use_ssl"] = broker_tls
+    if (backend_tls := tls_defaults(s.backend_url)) is not None:
+        tls["redis_backend_use_ssl"] = backend_tls
     return {
+        **tls,
         "broker_url": s.broker_url,
         "result_backend": s.backend_url,
         # JSON only: a pickle message is refused, never deserialized.

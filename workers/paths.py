@@ -61,6 +61,26 @@ class PathPolicy:
             )
         return real
 
+    def _check_opened(self, fd: int, raw: object) -> None:
+        """Re-check containment on what was actually opened.
+
+        ``realpath`` and ``open`` are two steps: a folder on the way swapped for a
+        symlink in between would escape the roots (O_NOFOLLOW guards only the last
+        component). The kernel's name for the open descriptor closes that gap. The
+        file was opened non-blocking and is closed unread if it fails.
+        """
+        if not self.roots:
+            return
+        try:
+            actual = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            return  # no /proc: the realpath check above is all there is
+        if not within(actual, self.roots):
+            raise ImageError(
+                ErrorType.PATH_NOT_ALLOWED,
+                f"{raw} was swapped to a path outside VISIONQ_ALLOWED_ROOTS while opening",
+            )
+
     def open(self, raw: object) -> BinaryIO:
         real = self.resolve(raw)
         try:
@@ -74,6 +94,7 @@ class PathPolicy:
         except OSError as exc:
             raise ImageError(ErrorType.NOT_A_FILE, f"cannot open {raw}: {exc.strerror}") from None
         try:
+            self._check_opened(fd, raw)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 kind = "folder" if stat.S_ISDIR(st.st_mode) else "special file"

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 
 from visionq.schema import ErrorType, error_item, make_payload
 from workers import metrics
@@ -55,6 +56,10 @@ def run_chunk(
         except ImageError as exc:
             items[i] = error_item(path, exc.etype, exc.message, _ms(start))
             continue
+        except SoftTimeLimitExceeded:
+            # The chunk is out of time, not this image: fail the chunk so the producer
+            # re-publishes it and, past max_attempts, the in-flight image is singled out.
+            raise
         except MemoryError:
             items[i] = error_item(path, ErrorType.UNSUPPORTED_IMAGE, "image too large to decode")
             continue

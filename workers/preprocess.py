@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from PIL import Image, UnidentifiedImageError
 from torchvision.models import ResNet18_Weights
 
@@ -58,7 +59,7 @@ class Preprocessor:
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{name} is not an image") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{name}: {exc}") from None
-        except ImageError:
+        except (ImageError, SoftTimeLimitExceeded):
             raise
         except Exception as exc:
             # A decoder bug on one hostile file must cost that file, not its whole chunk.
@@ -74,8 +75,9 @@ class Preprocessor:
     def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode in _SIXTEEN_BIT:
             # convert("RGB") would clip 16-bit samples at 255 (a white image); keep the
-            # top 8 bits instead.
-            arr = np.asarray(img, dtype=np.uint32) >> 8
+            # top 8 bits instead. Mode "I" is signed 32-bit: clip, so a hostile file's
+            # out-of-range samples saturate instead of wrapping around.
+            arr = np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255)
             img = Image.fromarray(arr.astype(np.uint8))
         return img.convert("RGB")
 

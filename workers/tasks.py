@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
+
+from celery.exceptions import Ignore
 
 from visionq.protocol import TASK_NAME
 from workers import app
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name=TASK_NAME, bind=True)
@@ -21,8 +26,10 @@ def classify(
     ledger = Ledger(self.backend.client, job_id, rt.settings.result_expires)
     delivery = ledger.begin(chunk, careful_after=rt.settings.max_attempts)
     if delivery.done:
-        # A redelivery of a chunk the producer already wrote: nothing to redo.
-        return {"v": 1, "chunk": chunk, "skipped": True}
+        # A redelivery of a chunk the producer already wrote. Ignore acks the message
+        # and stores no result, so no stray result key is left behind for it.
+        log.info("job %s chunk %d already collected; skipping a duplicate", job_id, chunk)
+        raise Ignore()
     return pipeline.run_chunk(
         rt, ledger, chunk=chunk, paths=paths, top_k=int(top_k), delivery=delivery
     )

@@ -1,0 +1,44 @@
+"""Test-only fault injection for real worker processes. Never on a production path.
+
+Put this folder on a worker's PYTHONPATH and set ``VISIONQ_FAULTS=1``: Python imports
+this module at start-up in the prefork parent and, through the fork, every pool child.
+It wraps ``PIL.Image.open`` so that opening a file whose real name contains
+
+* ``POISON`` SIGKILLs the calling process (a decoder crash: the child dies), and
+* ``HANG`` sleeps for an hour (a decoder stuck in a loop: only time limits end it).
+
+The worker itself stays the unmodified ``celery -A workers worker -P prefork``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+if os.environ.get("VISIONQ_FAULTS") == "1":
+    from PIL import Image
+
+    _real_open = Image.open
+
+    def _name_of(fp: Any) -> str:
+        if isinstance(fp, (str, bytes, os.PathLike)):
+            return os.fsdecode(fp)
+        name = getattr(fp, "name", "")
+        if isinstance(name, int):  # os.fdopen(): ask the kernel which file it is
+            try:
+                return os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                return ""
+        return str(name)
+
+    def _faulty_open(fp: Any, *args: Any, **kwargs: Any) -> Image.Image:
+        name = os.path.basename(_name_of(fp))
+        if "POISON" in name:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if "HANG" in name:
+            time.sleep(3600)
+        return _real_open(fp, *args, **kwargs)
+
+    Image.open = _faulty_open
