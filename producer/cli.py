@@ -23,7 +23,13 @@ from typing import Any
 
 from producer import inputs
 from producer.client import Client, Job, Summary
-from producer.errors import BackendUnavailable, EmbeddedError, IncompleteJob, JobNotFound
+from producer.errors import (
+    BackendUnavailable,
+    EmbeddedError,
+    IncompleteJob,
+    JobNotFound,
+    OutputMismatch,
+)
 from visionq import __version__
 from visionq.schema import dumps
 from visionq.settings import Settings, SettingsError
@@ -176,12 +182,12 @@ def _summary(summary: Summary, out: str | None) -> str:
     return text + (f" -> {out}" if out else "")
 
 
-def _collect(job: Job, out: str | None, args: argparse.Namespace) -> int:
+def _collect(job: Job, out: str | None, args: argparse.Namespace, *, resume: bool) -> int:
     summary = Summary(images=len(job))
     bar, on_chunk = _progress(job, 0, args.quiet)
     try:
         if out:
-            summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk)
+            summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk, resume=resume)
         else:
             import time
 
@@ -222,7 +228,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         if not args.quiet:
             print(f"job {job.id}: {len(job)} images in {job.n_chunks} chunks", file=sys.stderr)
-        return _collect(job, args.out, args)
+        return _collect(job, args.out, args, resume=False)
 
 
 def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
@@ -231,7 +237,7 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
             job = client.job(args.job_id)
         except JobNotFound as exc:
             raise UsageError(str(exc)) from None
-        return _collect(job, args.out, args)
+        return _collect(job, args.out, args, resume=True)
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -285,7 +291,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"job {job.id}: {len(job)} images; starting {children} local "
                       "worker children", file=sys.stderr)  # fmt: skip
             worker.wait_ready()
-            return _collect(job, args.out, args)
+            return _collect(job, args.out, args, resume=False)
 
 
 VERBS = {"submit": cmd_submit, "collect": cmd_collect, "status": cmd_status, "run": cmd_run}
@@ -306,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top-k and --chunk-size must be at least 1")
         settings = Settings.from_env()
         return VERBS[args.verb](args, settings)
-    except (UsageError, SettingsError, FileNotFoundError) as exc:
+    except (UsageError, SettingsError, FileNotFoundError, OutputMismatch) as exc:
         parser.error(str(exc))
     except (BackendUnavailable, EmbeddedError) as exc:
         print(f"visionq: {exc}", file=sys.stderr)

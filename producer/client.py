@@ -257,12 +257,17 @@ class Job:
         *,
         timeout: float | None = None,
         on_chunk: Callable[[list[Record]], None] | None = None,
+        resume: bool = True,
     ) -> Summary:
-        """Write results to ``out`` (JSONL, or CSV for *.csv), resuming a partial file."""
+        """Write results to ``out`` (JSONL, or CSV for *.csv).
+
+        With ``resume`` (the default) a file already holding part of this job is kept
+        and only what is missing is appended; without it the file starts empty.
+        """
         start = time.monotonic()
         summary = Summary(images=len(self))
-        with open_writer(out) as writer:
-            have = writer.recover(self.manifest.chunk_len)
+        with open_writer(out, fresh=not resume) as writer:
+            have = writer.recover(self.manifest.chunk_len, self.id) if resume else set()
             summary.resumed = sum(self.manifest.chunk_len(c) for c in have)
             try:
                 for _, records in self.iter_chunks(timeout=timeout, skip=have):

@@ -23,5 +23,9 @@ class IncompleteJob(ProducerError):
         self.missing = missing
 
 
+class OutputMismatch(ProducerError):
+    """The output file to resume holds another job's results."""
+
+
 class EmbeddedError(ProducerError):
     """The embedded Redis or worker of ``visionq run`` failed."""

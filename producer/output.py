@@ -17,6 +17,7 @@ import stat
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from producer.errors import OutputMismatch
 from visionq.schema import dumps
 
 CSV_COLUMNS = (
@@ -31,11 +32,13 @@ class ResultWriter:
 
     header: str | None = None
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, fresh: bool = False) -> None:
         self.path = path
         self.records_written = 0
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
+        if fresh and _is_regular(path):
+            os.truncate(path, 0)
         self._fh = open(path, "ab")  # noqa: SIM115 - lives as long as the writer
         # fsync is for files; --out /dev/stdout or a pipe cannot (and need not) sync.
         self._durable = stat.S_ISREG(os.fstat(self._fh.fileno()).st_mode)
@@ -45,7 +48,8 @@ class ResultWriter:
     def format(self, record: dict[str, Any]) -> str:
         raise NotImplementedError
 
-    def chunk_of(self, line: str) -> int | None:
+    def key_of(self, line: str) -> tuple[str, int] | None:
+        """(job id, chunk) of a written line, or None if it is not a record."""
         raise NotImplementedError
 
     # -- writing --------------------------------------------------------------
@@ -77,8 +81,12 @@ class ResultWriter:
 
     # -- resuming -------------------------------------------------------------
 
-    def recover(self, chunk_len: Callable[[int], int]) -> set[int]:
-        """Chunks held in full; a torn or partial trailing chunk is truncated away."""
+    def recover(self, chunk_len: Callable[[int], int], job_id: str) -> set[int]:
+        """Chunks of ``job_id`` held in full; a torn or partial tail is truncated away.
+
+        A file holding another job's records is refused rather than mixed into: its
+        chunk numbers would otherwise pass for this job's.
+        """
         with open(self.path, "rb") as fh:
             data = fh.read()
         groups: list[tuple[int, int, int]] = []  # (chunk, start offset, lines)
@@ -94,9 +102,15 @@ class ResultWriter:
             if self.header and start == 0 and line == self.header:
                 good_end = offset
                 continue
-            chunk = self.chunk_of(line)
-            if chunk is None:
+            key = self.key_of(line)
+            if key is None:
                 break
+            if key[0] != job_id:
+                raise OutputMismatch(
+                    f"{self.path} holds results of job {key[0]}, not {job_id}; "
+                    "collect into another file"
+                )
+            chunk = key[1]
             if groups and groups[-1][0] == chunk:
                 c, s, n = groups[-1]
                 groups[-1] = (c, s, n + 1)
@@ -117,9 +131,10 @@ class JsonlWriter(ResultWriter):
     def format(self, record: dict[str, Any]) -> str:
         return dumps(record)
 
-    def chunk_of(self, line: str) -> int | None:
+    def key_of(self, line: str) -> tuple[str, int] | None:
         try:
-            return int(json.loads(line)["chunk"])
+            record = json.loads(line)
+            return str(record["job"]), int(record["chunk"])
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -145,14 +160,25 @@ class CsvWriter(ResultWriter):
         csv.DictWriter(buf, CSV_COLUMNS, lineterminator="").writerow(row)
         return buf.getvalue()
 
-    def chunk_of(self, line: str) -> int | None:
+    def key_of(self, line: str) -> tuple[str, int] | None:
         try:
             row = next(csv.reader([line]))
-            return int(row[CSV_COLUMNS.index("chunk")])
+            return row[_CSV_JOB], int(row[_CSV_CHUNK])
         except (StopIteration, ValueError, IndexError):
             return None
 
 
-def open_writer(path: str) -> ResultWriter:
-    """CSV when the name ends in .csv, JSONL otherwise."""
-    return CsvWriter(path) if path.lower().endswith(".csv") else JsonlWriter(path)
+_CSV_JOB, _CSV_CHUNK = CSV_COLUMNS.index("job"), CSV_COLUMNS.index("chunk")
+
+
+def open_writer(path: str, *, fresh: bool = False) -> ResultWriter:
+    """CSV when the name ends in .csv, JSONL otherwise; ``fresh`` empties the file first."""
+    cls = CsvWriter if path.lower().endswith(".csv") else JsonlWriter
+    return cls(path, fresh=fresh)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False

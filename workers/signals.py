@@ -7,7 +7,6 @@ registers itself in Redis so ``visionq status`` can show per-child devices.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -21,8 +20,7 @@ from celery.signals import (
 )
 from kombu.utils.url import maybe_sanitize_url
 
-from visionq.protocol import worker_key
-from workers import app, metrics, settings
+from workers import app, metrics, registry, settings
 
 log = logging.getLogger(__name__)
 
@@ -87,19 +85,12 @@ def _on_child_init(**_: Any) -> None:
         os.getpid(), index, info["device"], info["threads"], info["weights"],
         info["precision"], info["batch_size"], info["load_ms"],
     )  # fmt: skip
-    try:
-        client = app.backend.client
-        key = worker_key(rt.hostname)
-        client.hset(key, str(os.getpid()), json.dumps({"index": index, **info}))
-        client.expire(key, settings.result_expires)
-    except Exception:  # status is a convenience; never fail a warm child over it
-        log.warning("could not register child in Redis", exc_info=True)
+    registry.register(
+        app.backend.client, rt.hostname, {"index": index, **info}, settings.result_expires
+    )
 
 
 @worker_process_shutdown.connect
 def _on_child_shutdown(pid: int | None = None, **_: Any) -> None:
     metrics.child_exited(pid or os.getpid())
-    try:
-        app.backend.client.hdel(worker_key(_hostname()), str(pid or os.getpid()))
-    except Exception:
-        log.debug("could not unregister child", exc_info=True)
+    registry.unregister(app.backend.client, _hostname(), pid or os.getpid())

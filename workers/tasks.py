@@ -8,7 +8,7 @@ from typing import Any
 from celery.exceptions import Ignore
 
 from visionq.protocol import TASK_NAME
-from workers import app
+from workers import app, registry
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,7 @@ def classify(
     from workers.ledger import Ledger
 
     rt = runtime.current()
+    registry.refresh(self.backend.client)
     ledger = Ledger(self.backend.client, job_id, rt.settings.result_expires)
     delivery = ledger.begin(chunk, careful_after=rt.settings.max_attempts)
     if delivery.done:

@@ -119,3 +119,30 @@ def test_unreachable_redis_fails_clearly(tmp_path, sample_dir):
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert proc.returncode == 3
     assert "cannot reach Redis" in proc.stderr
+
+
+def test_out_file_belongs_to_one_job(clean_redis, start_worker, sample_dir, tmp_path):
+    start_worker(concurrency=2)
+    env = cli_env(clean_redis, str(tmp_path / "state"))
+    out = tmp_path / "r.jsonl"
+    n = len(list(sample_dir.glob("*.jpg")))
+
+    def submit(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*VISIONQ, "submit", str(sample_dir), "--chunk-size", "2", "-q", *extra],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+
+    assert submit("--out", str(out)).returncode == 0
+    # A new job overwrites the file: its chunk numbers must not pass for the old job's.
+    assert submit("--out", str(out)).returncode == 0
+    records = _read(out)
+    assert len(records) == n and len({r["job"] for r in records}) == 1
+    # Resuming a different job into that file is refused, and the file is left alone.
+    job = submit("--no-wait").stdout.strip()
+    col = subprocess.run(
+        [*VISIONQ, "collect", job, "--out", str(out), "--timeout", "60"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert col.returncode == 2 and "holds results of job" in col.stderr
+    assert _read(out) == records

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from producer.errors import OutputMismatch
 from producer.output import CSV_COLUMNS, CsvWriter, JsonlWriter, open_writer
 from visionq.schema import ErrorType, error_item, expand, make_payload
 
@@ -30,7 +31,7 @@ def test_round_trip_and_recover_complete_file(tmp_path, suffix):
         w.write_chunk(_records(0, 3))
         w.write_chunk(_records(1, 3))
     w = open_writer(path)
-    assert w.recover(lambda c: 3) == {0, 1}
+    assert w.recover(lambda c: 3, "job") == {0, 1}
     w.write_chunk(_records(2, 2))
     w.close()
     if suffix == ".csv":
@@ -56,12 +57,32 @@ def test_recover_cuts_torn_line_and_partial_chunk(tmp_path, cls):
     with open(path, "a") as fh:
         fh.write(partial)
     w = cls(path)
-    assert w.recover(lambda c: 4) == {0, 5}
+    assert w.recover(lambda c: 4, "job") == {0, 5}
     w.close()
     assert Path(path).stat().st_size == size_two_chunks
 
 
 def test_recover_empty_file(tmp_path):
     w = JsonlWriter(str(tmp_path / "r.jsonl"))
-    assert w.recover(lambda c: 1) == set()
+    assert w.recover(lambda c: 1, "job") == set()
     w.close()
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_resuming_another_jobs_file_is_refused(tmp_path, suffix):
+    path = str(tmp_path / f"r{suffix}")
+    with open_writer(path) as w:
+        w.write_chunk(_records(0, 2))
+    w = open_writer(path)
+    with pytest.raises(OutputMismatch, match="holds results of job job"):
+        w.recover(lambda c: 2, "another-job")
+    w.close()
+
+
+def test_fresh_writer_starts_empty(tmp_path):
+    path = str(tmp_path / "r.jsonl")
+    with open_writer(path) as w:
+        w.write_chunk(_records(0, 2))
+    with open_writer(path, fresh=True) as w:
+        w.write_chunk(_records(1, 1))
+    assert [json.loads(x)["chunk"] for x in Path(path).read_text().splitlines()] == [1]

@@ -1,0 +1,55 @@
+"""Each pool child's record in Redis, which ``visionq status`` reads.
+
+Written when the child is warm and refreshed from tasks now and then, so a Redis that
+restarted (or came up after the worker) learns the children again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from typing import Any
+
+from visionq.protocol import worker_key
+
+log = logging.getLogger(__name__)
+
+REFRESH_EVERY = 60.0  # seconds between re-registrations from the task path
+
+_record: dict[str, Any] | None = None
+_hostname = ""
+_ttl = 0
+_last = 0.0
+
+
+def register(client: Any, hostname: str, record: dict[str, Any], ttl: int) -> None:
+    global _record, _hostname, _ttl
+    _record, _hostname, _ttl = record, hostname, ttl
+    _write(client)
+
+
+def refresh(client: Any) -> None:
+    if _record is not None and time.monotonic() - _last > REFRESH_EVERY:
+        _write(client)
+
+
+def unregister(client: Any, hostname: str, pid: int) -> None:
+    try:
+        client.hdel(worker_key(hostname), str(pid))
+    except Exception:
+        log.debug("could not unregister child %d", pid, exc_info=True)
+
+
+def _write(client: Any) -> None:
+    global _last
+    _last = time.monotonic()
+    try:
+        key = worker_key(_hostname)
+        pipe = client.pipeline(transaction=False)
+        pipe.hset(key, str(os.getpid()), json.dumps(_record))
+        pipe.expire(key, _ttl)
+        pipe.execute()
+    except Exception:  # status is a convenience; never fail a warm child over it
+        log.warning("could not register child in Redis", exc_info=True)
