@@ -117,7 +117,7 @@ class Client:
 
     def server_id(self) -> str | None:
         """Redis's run_id: a new value means a restart, which without persistence
-        emptied the queue (NOTES §3). None where INFO is not allowed (some managed
+        emptied the queue. None where INFO is not allowed (some managed
         Redis services): restarts are then caught by the stall timer only."""
         try:
             return self.redis.info("server").get("run_id")

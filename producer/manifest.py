@@ -2,7 +2,7 @@
 
 Kept twice, on purpose. In Redis, so a producer on any host can reattach to a job and
 re-publish its chunks. In a local file under the state folder, so a job survives a
-Redis restart without persistence (NOTES §3): the producer puts it back into Redis.
+Redis restart without persistence: the producer puts it back into Redis.
 """
 
 from __future__ import annotations

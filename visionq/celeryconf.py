@@ -1,6 +1,6 @@
 """Celery configuration built from :class:`visionq.settings.Settings`, for both sides.
 
-Why each delivery setting is what it is (NOTES §2-3):
+Why each delivery setting is what it is, from Celery and kombu behaviour and bug reports:
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a chunk whose child dies is
   requeued instead of lost (at-least-once). Chunks are idempotent by task id.

@@ -1,7 +1,8 @@
 """The visionq worker: ``celery -A workers worker`` runs it.
 
 This module builds the Celery ``app`` and must stay free of torch: the prefork parent
-imports it, and a parent that has run torch work breaks its forked children (NOTES §1).
+imports it, and a parent that has run torch work breaks its forked children (their
+OpenMP thread pool deadlocks on first use).
 Each pool child loads its model after the fork, in :mod:`workers.signals`.
 """
 

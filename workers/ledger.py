@@ -1,6 +1,6 @@
 """The worker's side of a job's bookkeeping in Redis.
 
-Redis keeps no redelivery count (NOTES §3), so each delivery of a chunk increments
+Redis keeps no redelivery count (celery discussion #8969), so each delivery of a chunk increments
 its own counter here. Past ``max_attempts`` the chunk runs image by image, recording
 which image is in flight; if that image kills or hangs the child, the next delivery
 marks it as poison and goes on with the rest.

@@ -3,7 +3,7 @@
 Checks run in an order that never opens what it must not: NUL bytes and relative
 paths are refused, the ``VISIONQ_PATH_MAP`` rewrite applies, the path is resolved
 with ``realpath`` (following every symlink and ``..``) and only then checked against
-``VISIONQ_ALLOWED_ROOTS`` (NOTES §3). The file is opened non-blocking and without
+``VISIONQ_ALLOWED_ROOTS``. The file is opened non-blocking and without
 following a last-moment symlink, and must still be a regular file once open, so a
 FIFO or device swapped in cannot block or stream forever.
 """

@@ -19,7 +19,7 @@ from torchvision.models import ResNet18_Weights
 from visionq.schema import ErrorType
 from workers.errors import ImageError
 
-# Decoders we accept; anything else is refused before a plugin parses it (NOTES §3).
+# Decoders we accept; anything else is refused before a plugin parses it.
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 RESIZE = 256
 # Resizing the short side to 256 makes a 1:N strip 256*N wide; past this ratio the

@@ -18,7 +18,7 @@ def classify(
     self: Any, job_id: str, chunk: int, paths: list[str], top_k: int = 5
 ) -> dict[str, Any]:
     # Imported here, not at module level: they import torch, which must only ever load
-    # in pool children, after the fork (NOTES §1).
+    # in pool children, after the fork: a forked OpenMP pool deadlocks.
     from workers import pipeline, runtime
     from workers.ledger import Ledger
 

@@ -68,7 +68,7 @@ def test_metrics_cover_all_children_and_survive_a_killed_child(
     assert len(list(tmp.glob("visionq-metrics-*"))) == 1
     assert f"visionq metrics on :{port}" in worker.log_text()
 
-    # The prefork parent must never load torch (NOTES §1); its children do.
+    # The prefork parent must never load torch (a forked OpenMP pool deadlocks); its children do.
     assert not maps_torch(parent), "the prefork parent mapped libtorch"
     assert all(maps_torch(k) for k in kids)
 

@@ -1,4 +1,7 @@
-"""The prefork parent and the producer must never import torch (NOTES §1-2)."""
+"""The prefork parent and the producer must never import torch.
+
+A forked copy of OpenMP or CUDA state breaks the children that inherit it.
+"""
 
 from __future__ import annotations
 
