@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -182,15 +183,17 @@ def _summary(summary: Summary, out: str | None) -> str:
     return text + (f" -> {out}" if out else "")
 
 
-def _collect(job: Job, out: str | None, args: argparse.Namespace, *, resume: bool) -> int:
+def _collect(
+    job: Job, out: str | None, args: argparse.Namespace, *, resume: bool,
+    since: float | None = None,
+) -> int:  # fmt: skip
+    """Collect into ``out`` (stdout if None); ``since`` starts the summary's clock."""
     summary = Summary(images=len(job))
     bar, on_chunk = _progress(job, 0, args.quiet)
     try:
         if out:
             summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk, resume=resume)
         else:
-            import time
-
             start = time.monotonic()
             try:
                 for _, records in job.iter_chunks(timeout=args.timeout):
@@ -210,6 +213,9 @@ def _collect(job: Job, out: str | None, args: argparse.Namespace, *, resume: boo
     finally:
         if bar:
             bar.close()
+    if since is not None:
+        # Rate from publishing to the last result, not from when collecting began.
+        summary.seconds = time.monotonic() - since
     if not args.quiet:
         print(_summary(summary, out), file=sys.stderr)
     return EXIT_OK
@@ -221,6 +227,7 @@ def _collect(job: Job, out: str | None, args: argparse.Namespace, *, resume: boo
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     paths = _paths(args)
     with Client(settings=settings) as client:
+        since = time.monotonic()
         job = client.submit(paths, top_k=args.top_k, chunk_size=args.chunk_size,
                             queue=args.queue)  # fmt: skip
         if args.no_wait:
@@ -228,7 +235,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
         if not args.quiet:
             print(f"job {job.id}: {len(job)} images in {job.n_chunks} chunks", file=sys.stderr)
-        return _collect(job, args.out, args, resume=False)
+        return _collect(job, args.out, args, resume=False, since=since)
 
 
 def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
@@ -286,12 +293,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             log_path=os.path.join(tmp, "worker.log"),
         )  # fmt: skip
         with worker, Client(settings=local) as client:
+            since = time.monotonic()
             job = client.submit(paths, top_k=args.top_k, chunk_size=args.chunk_size)
             if not args.quiet:
                 print(f"job {job.id}: {len(job)} images; starting {children} local "
                       "worker children", file=sys.stderr)  # fmt: skip
             worker.wait_ready()
-            return _collect(job, args.out, args, resume=False)
+            return _collect(job, args.out, args, resume=False, since=since)
 
 
 VERBS = {"submit": cmd_submit, "collect": cmd_collect, "status": cmd_status, "run": cmd_run}
