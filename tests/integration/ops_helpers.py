@@ -85,18 +85,6 @@ class FlowerProcess:
         self._log.close()
 
 
-def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.5) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail with ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
-
-
 def run_job(
     target: RedisTarget,
     paths: list[str],

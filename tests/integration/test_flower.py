@@ -14,7 +14,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import RedisTarget
-from tests.integration.ops_helpers import FlowerProcess, run_job, sample_paths, wait_for
+from tests.integration.harness import wait_until
+from tests.integration.ops_helpers import FlowerProcess, run_job, sample_paths
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +60,7 @@ def test_flower_lists_worker_counts_events_and_requires_auth(
     assert flower.get("/api/workers", auth=True)[0] == 200
 
     # refresh=1 makes Flower inspect now: it may have started before the worker did.
-    workers = wait_for(
+    workers = wait_until(
         lambda: NODE in (found := flower.get_json("/api/workers?refresh=1")) and found,
         60,
         "Flower to list the worker",
@@ -67,7 +68,7 @@ def test_flower_lists_worker_counts_events_and_requires_auth(
     assert [q["name"] for q in workers[NODE]["active_queues"]] == ["visionq"]
     assert workers[NODE]["stats"]["pool"]["max-concurrency"] == 1
     # Online status comes from heartbeats (events), not from gossip.
-    wait_for(
+    wait_until(
         lambda: flower.get_json("/api/workers?status=1").get(NODE) is True,
         30,
         "the worker to be reported online",
@@ -78,7 +79,7 @@ def test_flower_lists_worker_counts_events_and_requires_auth(
     assert len(records) == 4 and all(r["ok"] for r in records)
     assert {r["worker"] for r in records} == {NODE}
 
-    wait_for(
+    wait_until(
         lambda: _events(flower, "task-succeeded", NODE) >= 2,
         30,
         "Flower to count two task-succeeded events",

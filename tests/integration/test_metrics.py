@@ -17,7 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from producer.embedded import READY_MARK, free_port
 from tests.conftest import ROOT, RedisTarget
-from tests.integration.ops_helpers import run_job, sample_paths, wait_for
+from tests.integration.harness import wait_until
+from tests.integration.ops_helpers import run_job, sample_paths
 
 pytestmark = pytest.mark.integration
 
@@ -97,7 +98,7 @@ def test_metrics_cover_all_children_and_survive_a_killed_child(
     # its replacement must appear, and the work already counted must stay counted.
     victim = min(kids)
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: worker.log_text().count(READY_MARK) >= 3, 120, "a replacement child")
+    wait_until(lambda: worker.log_text().count(READY_MARK) >= 3, 120, "a replacement child")
     now = children_of(parent)
     assert victim not in now and len(now) == 2
     m = scrape(port)

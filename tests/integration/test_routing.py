@@ -27,7 +27,8 @@ import redis
 
 from producer.embedded import READY_MARK, LocalWorker, find_server, stop_group
 from tests.conftest import ROOT, VISIONQ, RedisTarget, cli_env, worker_env
-from tests.integration.ops_helpers import run_job, sample_paths, wait_for
+from tests.integration.harness import wait_until
+from tests.integration.ops_helpers import run_job, sample_paths
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +85,7 @@ def test_autoscale_children_load_their_model_before_work(
     paths = sample_paths() * 16
     records = run_job(clean_redis, paths, tmp_path / "state", chunk_size=4, timeout=180)
     assert len(records) == len(paths) and all(r["ok"] for r in records)
-    wait_for(
+    wait_until(
         lambda: worker.log_text().count(READY_MARK) >= 2,
         120,
         "the autoscaled child to become ready",
@@ -191,7 +192,7 @@ def veth_redis(host: str) -> Iterator[RedisTarget]:
     base = f"redis://:{password}@{host}:{port}"
     try:
         client = redis.Redis.from_url(base + "/0", socket_connect_timeout=1)
-        wait_for(lambda: _pings(client), 15, f"redis-server on {host}:{port}", interval=0.1)
+        wait_until(lambda: _pings(client), 15, f"redis-server on {host}:{port}", every=0.1)
         client.close()
         yield RedisTarget(base + "/0", base + "/1")
     finally:

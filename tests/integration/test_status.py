@@ -12,7 +12,8 @@ import pytest
 from producer.client import Client
 from producer.status import ChildInfo, ClusterStatus, WorkerInfo, render
 from tests.conftest import VISIONQ, RedisTarget, cli_env
-from tests.integration.ops_helpers import sample_paths, wait_for
+from tests.integration.harness import wait_until
+from tests.integration.ops_helpers import sample_paths
 from visionq.settings import Settings
 
 NODE = "status-test@visionq"
@@ -75,11 +76,11 @@ def test_status_shows_children_queues_and_work_in_flight(
 
     # A long job on the worker's queue: some chunks running, the rest waiting.
     publish(clean_redis, tmp_path, sample_paths() * 100, chunk_size=16)
-    st = wait_for(
+    st = wait_until(
         lambda: (s := status_json(clean_redis, tmp_path))["in_flight"] >= 1 and s,
         30,
         "status to report work in flight",
-        interval=0.1,
+        every=0.1,
     )
     assert st["queue_depth"] >= 1
     assert 1 <= st["workers"][0]["active"] <= 2
