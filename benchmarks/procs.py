@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from benchmarks.layout import ROOT
+from producer.embedded import free_port, stop_group
+
+__all__ = ["Finished", "free_port", "kill_group", "run_measured", "spawn"]
 
 
 def spawn(
@@ -39,33 +37,9 @@ def spawn(
     )
 
 
-def _signal_group(pgid: int, sig: int) -> bool:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def _group_alive(pgid: int) -> bool:
-    return _signal_group(pgid, 0)
-
-
 def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
     """SIGTERM the child's whole group, then SIGKILL whatever is left after ``grace`` seconds."""
-    pgid = proc.pid
-    if _signal_group(pgid, signal.SIGTERM):
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if proc.returncode is None:
-                proc.poll()
-            if proc.returncode is not None and not _group_alive(pgid):
-                break
-            time.sleep(0.05)
-        _signal_group(pgid, signal.SIGKILL)
-    if proc.returncode is None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
+    stop_group(proc, grace=grace)
 
 
 @dataclass(frozen=True)
@@ -95,9 +69,3 @@ def run_measured(
         raise RuntimeError(f"launcher exited {proc.returncode} without a report")
     data = json.loads(report.read_text())
     return Finished(int(data["returncode"]), float(data["seconds"]), data["max_rss_kb"] / 1024)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
