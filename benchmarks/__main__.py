@@ -77,7 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--results", type=Path, default=RESULTS_PATH, help="raw figures (JSON) of the run"
     )
     parser.add_argument(
-        "--sweep", type=_ints, default=None, help="visionq fp32 chunk sizes (default 8,32,64,128)"
+        "--sweep", type=_ints, default=None, help="visionq fp32 chunk sizes (default 8,16,32,128)"
     )
     parser.add_argument(
         "--scale-paths", type=int, default=None, help="missing-path job size (default 100000)"
@@ -102,7 +102,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.images = args.images or (64 if args.quick else 1000)
-    args.sweep = args.sweep or ([8, 32] if args.quick else [8, 32, 64, 128])
+    args.sweep = args.sweep or ([8, 16] if args.quick else [8, 16, 32, 128])
     args.scale_paths = args.scale_paths or (10_000 if args.quick else 100_000)
     args.hang_timeout = args.hang_timeout or (20.0 if args.quick else 75.0)
     return args

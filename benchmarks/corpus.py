@@ -67,8 +67,11 @@ def make_image(index: int, seed: int = SEED) -> Image.Image:
     return im
 
 
-def build(count: int, folder: Path) -> list[Path]:
-    """Ensure images ``0..count-1`` exist in ``folder``; return their paths in order."""
+def build(count: int, folder: Path, seed: int = SEED) -> list[Path]:
+    """Ensure images ``0..count-1`` exist in ``folder``; return their paths in order.
+
+    Another ``seed`` gives a disjoint set of crops (used to calibrate int8 on images the
+    measurement never sees)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / image_name(i) for i in range(count)]
     missing = [i for i, p in enumerate(paths) if not p.exists()]
@@ -76,7 +79,7 @@ def build(count: int, folder: Path) -> list[Path]:
         log.info("building %d of %d corpus images in %s", len(missing), count, folder.name)
     for i in missing:
         tmp = paths[i].with_suffix(".tmp")
-        make_image(i).save(tmp, format="JPEG", quality=JPEG_QUALITY)
+        make_image(i, seed).save(tmp, format="JPEG", quality=JPEG_QUALITY)
         # Rename last so an interrupted build never leaves a truncated image behind.
         os.replace(tmp, paths[i])
     return paths

@@ -9,6 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / ".bench"
 CORPUS_DIR = BENCH_DIR / "corpus"
+CALIBRATION_DIR = BENCH_DIR / "calibration"  # int8 calibration images, disjoint crops
 WEIGHTS_PATH = BENCH_DIR / "weights.pt"
 RESULTS_PATH = BENCH_DIR / "results.json"
 DEFAULT_REPORT = ROOT / "docs" / "benchmarks.md"

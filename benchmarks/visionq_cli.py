@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.layout import ROOT, tool
+from benchmarks import corpus
+from benchmarks.layout import CALIBRATION_DIR, ROOT, tool
 from benchmarks.procs import Finished, kill_group, run_measured, spawn
 from benchmarks.redis_server import RedisServer
 
@@ -46,7 +47,15 @@ def environment(
         VISIONQ_STATE_DIR=str(state_dir),
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
+    if precision == "int8":
+        env["VISIONQ_INT8_CALIBRATION"] = str(calibration_folder())
     return env
+
+
+def calibration_folder() -> Path:
+    """64 images from the corpus generator with another seed: never measured, only seen."""
+    corpus.build(64, CALIBRATION_DIR, seed=corpus.SEED + 1)
+    return CALIBRATION_DIR
 
 
 @dataclass

@@ -21,10 +21,11 @@ from benchmarks.visionq_cli import (
     submit,
     worker,
 )
+from visionq.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HEADLINE_CHUNK = 32  # visionq's CPU default chunk size
+HEADLINE_CHUNK = Settings().effective_chunk_size  # what `visionq submit` uses by default
 WARMUP_IMAGES = 16
 
 
@@ -46,7 +47,7 @@ def run(
     outputs: dict[str, Path] = {}
     warmup = workdir / "warmup.txt"
     warmup.write_text("".join(f"{p.resolve()}\n" for p in paths[:WARMUP_IMAGES]))
-    plan = {"fp32": list(sweep), "bf16": [HEADLINE_CHUNK]}
+    plan = {"fp32": list(sweep), "bf16": [HEADLINE_CHUNK], "int8": [HEADLINE_CHUNK]}
     for precision, chunks in plan.items():
         try:
             with (
@@ -139,16 +140,17 @@ def _precision_rows(
                     ),
                 )
             )
-    if "fp32" in topk and "bf16" in topk:
-        shared = [k for k in keys if k in topk["fp32"] and k in topk["bf16"]]
-        checks.append(
-            (
-                "visionq bf16 vs visionq fp32 (top-5 lists)",
-                lambda: compare.topk_vs_topk(
-                    [topk["bf16"][k] for k in shared], [topk["fp32"][k] for k in shared]
-                ),
+    for fast in ("bf16", "int8"):
+        if "fp32" in topk and fast in topk:
+            shared = [k for k in keys if k in topk["fp32"] and k in topk[fast]]
+            checks.append(
+                (
+                    f"visionq {fast} vs visionq fp32 (top-5 lists)",
+                    lambda shared=shared, fast=fast: compare.topk_vs_topk(
+                        [topk[fast][k] for k in shared], [topk["fp32"][k] for k in shared]
+                    ),
+                )
             )
-        )
     for name, check in checks:
         try:
             emit(Row("accuracy", name, figures=dict(check().figures())))

@@ -33,7 +33,7 @@ from producer.errors import (
 )
 from visionq import __version__
 from visionq.schema import dumps
-from visionq.settings import Settings, SettingsError
+from visionq.settings import PRECISION_CHOICES, Settings, SettingsError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -56,7 +56,7 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
         "--chunk-size",
         type=int,
         metavar="N",
-        help="paths per task (VISIONQ_CHUNK_SIZE, default 32)",
+        help="paths per task (VISIONQ_CHUNK_SIZE, default 16)",
     )
     p.add_argument("--queue", metavar="Q", help="queue to publish to (VISIONQ_QUEUE)")
 
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="W", help="VISIONQ_WEIGHTS for the local worker")
     p.add_argument(
         "--precision",
-        choices=("fp32", "bf16", "fp16"),
+        choices=PRECISION_CHOICES,
         help="VISIONQ_PRECISION for the local worker",
     )
     _add_wait(p)

@@ -16,7 +16,7 @@ from typing import Any
 PREFIX = "VISIONQ_"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("fp32", "bf16", "fp16")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")
 
 
 class SettingsError(ValueError):
@@ -41,9 +41,14 @@ class Settings:
     weights: str = _env_field(
         "imagenet", "imagenet (torchvision IMAGENET1K_V1), random, or a state_dict file path."
     )
-    precision: str = _env_field("fp32", "fp32 (exact), bf16 (CPU autocast or CUDA), fp16 (CUDA).")
+    precision: str = _env_field(
+        "fp32", "fp32 (exact), bf16 (CPU autocast or CUDA), fp16 (CUDA), int8 (CPU, opt-in)."
+    )
+    int8_calibration: str = _env_field(
+        "", "Folder of images that calibrates VISIONQ_PRECISION=int8 (the first 64 are used)."
+    )
     batch_size: int = _env_field(0, "Images per forward pass; 0 means 8 on CPU, 64 on CUDA.")
-    chunk_size: int = _env_field(0, "Default paths per task; 0 means 32 (CPU-sized).")
+    chunk_size: int = _env_field(0, "Default paths per task; 0 means 16 (CPU-sized).")
     jpeg_draft: bool = _env_field(
         False, "Let libjpeg decode large JPEGs at reduced scale (faster, not bit-exact)."
     )
@@ -92,7 +97,9 @@ class Settings:
 
     @property
     def effective_chunk_size(self) -> int:
-        return self.chunk_size or 32
+        # ~0.4 s of work per chunk on one CPU core: a job's tail (the last chunk running
+        # while the other children idle) stays short, and per-task overhead stays ~1%.
+        return self.chunk_size or 16
 
     @property
     def effective_time_limit(self) -> int:

@@ -91,14 +91,27 @@ def build(spec: str) -> tuple[torch.nn.Module, str]:
 
 
 def load(
-    spec: str, placement: Placement, *, batch_size: int, autocast_dtype: torch.dtype | None
+    spec: str,
+    placement: Placement,
+    *,
+    batch_size: int,
+    autocast_dtype: torch.dtype | None,
+    int8_calibration: list[torch.Tensor] | None = None,
 ) -> LoadedModel:
-    """Load, move to the device, switch to channels_last and run one warm-up batch."""
+    """Load, move to the device, switch to channels_last and run one warm-up batch.
+
+    With ``int8_calibration`` the model is quantized to int8 on the CPU instead.
+    """
     start = time.perf_counter()
     model, weights_id = build(spec)
-    if autocast_dtype is not None:
+    if int8_calibration is not None:
+        from workers.quantize import quantize
+
+        model = quantize(model, int8_calibration, batch_size=batch_size)
+    elif autocast_dtype is not None:
         model.fc = Fp32Head(model.fc)
-    model = model.to(placement.device, memory_format=torch.channels_last)
+    if int8_calibration is None:
+        model = model.to(placement.device, memory_format=torch.channels_last)
     warm = torch.zeros(batch_size, 3, 224, 224, device=placement.device)
     warm = warm.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode(), autocast(placement, autocast_dtype):

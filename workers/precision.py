@@ -34,12 +34,18 @@ def resolve(
             return "bf16", torch.bfloat16
         log.warning("VISIONQ_PRECISION=bf16 but this CPU lacks native bf16; using fp32")
         return "fp32", None
+    if precision == "int8":
+        if not placement.is_cuda:
+            return "int8", None  # quantized kernels, no autocast
+        log.warning("VISIONQ_PRECISION=int8 runs on the CPU only; using fp32 on %s",
+                    placement.device)  # fmt: skip
+        return "fp32", None
     if precision == "fp16":
         if placement.is_cuda:
             return "fp16", torch.float16
         log.warning("VISIONQ_PRECISION=fp16 needs CUDA; using fp32 on %s", placement.device)
         return "fp32", None
-    raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16 or fp16")
+    raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16, fp16 or int8")
 
 
 def autocast(placement: Placement, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

@@ -73,9 +73,20 @@ def start(settings: Settings, *, child_index: int, concurrency: int, hostname: s
         torch.cuda.set_device(placement.device)
     used_precision, dtype = precision.resolve(settings.precision, placement)
     batch_size = default_batch_size(placement, settings.batch_size)
-    loaded = model.load(settings.weights, placement, batch_size=batch_size, autocast_dtype=dtype)
     preprocess = Preprocessor(max_pixels=settings.max_image_pixels, jpeg_draft=settings.jpeg_draft)
     warm_ms = _warm_preprocess(preprocess)
+    calibration = None
+    if used_precision == "int8":
+        from workers.quantize import calibration_tensors
+
+        calibration = calibration_tensors(settings.int8_calibration, preprocess)
+    loaded = model.load(
+        settings.weights,
+        placement,
+        batch_size=batch_size,
+        autocast_dtype=dtype,
+        int8_calibration=calibration,
+    )
     _current = Runtime(
         settings=settings,
         hostname=hostname,

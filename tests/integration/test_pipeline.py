@@ -146,3 +146,21 @@ def test_out_file_belongs_to_one_job(clean_redis, start_worker, sample_dir, tmp_
     )  # fmt: skip
     assert col.returncode == 2 and "holds results of job" in col.stderr
     assert _read(out) == records
+
+
+def test_int8_opt_in_classifies_through_the_worker(clean_redis, start_worker, sample_dir, tmp_path):
+    start_worker(concurrency=1, VISIONQ_PRECISION="int8", VISIONQ_INT8_CALIBRATION=str(sample_dir))
+    out = tmp_path / "r.jsonl"
+    proc = subprocess.run(
+        [*VISIONQ, "submit", str(sample_dir), "--out", str(out), "--timeout", "120", "-q"],
+        env=cli_env(clean_redis, str(tmp_path / "state")),
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = _read(out)
+    assert len(records) == len(list(sample_dir.glob("*.jpg")))
+    assert all(r["ok"] and r["precision"] == "int8" for r in records)
+    # Probabilities still come from a softmax: positive, descending, top-5 mass <= 1.
+    for r in records:
+        probs = [t["prob"] for t in r["top_k"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6

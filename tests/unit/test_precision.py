@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 
 from workers.device import Placement
@@ -35,3 +36,37 @@ def test_fp32_head_keeps_logits_fp32_under_autocast():
     assert plain.dtype == torch.bfloat16
     assert wrapped.dtype == torch.float32
     assert torch.allclose(wrapped, head(x), atol=1e-6)
+
+
+def test_int8_is_cpu_only():
+    assert resolve("int8", CPU) == ("int8", None)
+    assert resolve("int8", GPU) == ("fp32", None)
+
+
+def test_int8_quantized_model_tracks_fp32(tmp_path):
+    from PIL import Image
+
+    from tests.images import SAMPLES
+    from workers.errors import WeightsUnavailable
+    from workers.model import build
+    from workers.preprocess import Preprocessor
+    from workers.quantize import calibration_tensors, quantize
+
+    pre = Preprocessor(max_pixels=89_478_485)
+    with pytest.raises(WeightsUnavailable, match="VISIONQ_INT8_CALIBRATION"):
+        calibration_tensors("", pre)
+    (tmp_path / "notes.txt").write_text("skipped: not an image name")
+    (tmp_path / "broken.jpg").write_bytes(b"skipped: not an image")
+    for p in SAMPLES.glob("*.jpg"):
+        img = Image.open(p).convert("RGB")
+        img.save(tmp_path / p.name)
+        img.transpose(Image.FLIP_LEFT_RIGHT).save(tmp_path / f"flip-{p.name}")
+    calib = calibration_tensors(str(tmp_path), pre)
+    assert len(calib) == 10
+    fp32, _ = build("random")
+    x = torch.stack(calib)
+    with torch.inference_mode():
+        ref = fp32(x).softmax(1)
+        q = quantize(build("random")[0], calib)(x).softmax(1)
+    assert q.shape == ref.shape and q.dtype == torch.float32
+    assert (q - ref).abs().max() < 0.05
