@@ -105,12 +105,13 @@ def load(
     start = time.perf_counter()
     model, weights_id = build(spec)
     if int8_calibration is not None:
+        # Quantized kernels pick their own memory layout and run on the CPU only.
         from workers.quantize import quantize
 
         model = quantize(model, int8_calibration, batch_size=batch_size)
-    elif autocast_dtype is not None:
-        model.fc = Fp32Head(model.fc)
-    if int8_calibration is None:
+    else:
+        if autocast_dtype is not None:
+            model.fc = Fp32Head(model.fc)
         model = model.to(placement.device, memory_format=torch.channels_last)
     warm = torch.zeros(batch_size, 3, 224, 224, device=placement.device)
     warm = warm.contiguous(memory_format=torch.channels_last)
