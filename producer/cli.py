@@ -178,9 +178,12 @@ def _summary(summary: Summary, out: str | None) -> str:
     )
     if summary.resumed:
         text += f"; {summary.resumed} already in the file"
-    if summary.missing:
-        text += f"; {summary.missing} MISSING"
     return text + (f" -> {out}" if out else "")
+
+
+def _to_stdout(records: Sequence[dict[str, Any]]) -> None:
+    sys.stdout.write("".join(dumps(r) + "\n" for r in records))
+    sys.stdout.flush()
 
 
 def _collect(
@@ -188,31 +191,19 @@ def _collect(
     since: float | None = None,
 ) -> int:  # fmt: skip
     """Collect into ``out`` (stdout if None); ``since`` starts the summary's clock."""
-    summary = Summary(images=len(job))
     bar, on_chunk = _progress(job, 0, args.quiet)
     try:
         if out:
             summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk, resume=resume)
         else:
-            start = time.monotonic()
-            try:
-                for _, records in job.iter_chunks(timeout=args.timeout):
-                    sys.stdout.write("".join(dumps(r) + "\n" for r in records))
-                    sys.stdout.flush()
-                    summary.add(records)
-                    if on_chunk:
-                        on_chunk(records)
-            finally:
-                summary.seconds = time.monotonic() - start
+            summary = job.deliver(_to_stdout, timeout=args.timeout, on_chunk=on_chunk)
     except IncompleteJob as exc:
-        summary.missing = exc.missing or summary.missing
         if bar:
             bar.close()
         print(f"visionq: {exc}", file=sys.stderr)
         return EXIT_INCOMPLETE
-    finally:
-        if bar:
-            bar.close()
+    if bar:
+        bar.close()
     if since is not None:
         # Rate from publishing to the last result, not from when collecting began.
         summary.seconds = time.monotonic() - since

@@ -201,7 +201,6 @@ class Summary:
     images: int = 0
     ok: int = 0
     failed: int = 0
-    missing: int = 0
     resumed: int = 0  # records the output file already held when collection began
     seconds: float = 0.0
     errors: Counter = field(default_factory=Counter)
@@ -264,22 +263,37 @@ class Job:
         With ``resume`` (the default) a file already holding part of this job is kept
         and only what is missing is appended; without it the file starts empty.
         """
-        start = time.monotonic()
-        summary = Summary(images=len(self))
         with open_writer(out, fresh=not resume) as writer:
             have = writer.recover(self.manifest.chunk_len, self.id) if resume else set()
-            summary.resumed = sum(self.manifest.chunk_len(c) for c in have)
-            try:
-                for _, records in self.iter_chunks(timeout=timeout, skip=have):
-                    writer.write_chunk(records)
-                    summary.add(records)
-                    if on_chunk:
-                        on_chunk(records)
-            except IncompleteJob as exc:
-                summary.missing = exc.missing
-                raise
-            finally:
-                summary.seconds = time.monotonic() - start
+            summary = self.deliver(
+                writer.write_chunk, timeout=timeout, on_chunk=on_chunk, skip=have
+            )
+        summary.resumed = sum(self.manifest.chunk_len(c) for c in have)
+        return summary
+
+    def deliver(
+        self,
+        sink: Callable[[list[Record]], None],
+        *,
+        timeout: float | None = None,
+        on_chunk: Callable[[list[Record]], None] | None = None,
+        skip: Iterable[int] = (),
+    ) -> Summary:
+        """Hand each finished chunk's records to ``sink`` (then ``on_chunk``); count them.
+
+        A chunk counts as delivered once ``sink`` returns, so a sink that raises keeps
+        that chunk's result in Redis for the next collection.
+        """
+        start = time.monotonic()
+        summary = Summary(images=len(self))
+        try:
+            for _, records in self.iter_chunks(timeout=timeout, skip=skip):
+                sink(records)
+                summary.add(records)
+                if on_chunk:
+                    on_chunk(records)
+        finally:
+            summary.seconds = time.monotonic() - start
         return summary
 
 
