@@ -19,7 +19,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from producer import inputs
@@ -181,6 +181,29 @@ def _summary(summary: Summary, out: str | None) -> str:
     return text + (f" -> {out}" if out else "")
 
 
+_interrupted = False
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    global _interrupted
+    _interrupted = True
+    # Raised wherever the main thread is; inside a finalizer (a redis-py pool's
+    # __del__, say) Python swallows it, so the flag also stops _collect at its next
+    # chunk.
+    raise KeyboardInterrupt
+
+
+def _unless_interrupted(
+    sink: Callable[[Sequence[dict[str, Any]]], None],
+) -> Callable[[Sequence[dict[str, Any]]], None]:
+    def write(records: Sequence[dict[str, Any]]) -> None:
+        if _interrupted:
+            raise KeyboardInterrupt  # what is not collected yet waits for `visionq collect`
+        sink(records)
+
+    return write
+
+
 def _to_stdout(records: Sequence[dict[str, Any]]) -> None:
     sys.stdout.write("".join(dumps(r) + "\n" for r in records))
     sys.stdout.flush()
@@ -192,6 +215,7 @@ def _collect(
 ) -> int:  # fmt: skip
     """Collect into ``out`` (stdout if None); ``since`` starts the summary's clock."""
     bar, on_chunk = _progress(job, 0, args.quiet)
+    on_chunk = _unless_interrupted(on_chunk or (lambda records: None))
     try:
         if out:
             summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk, resume=resume)
@@ -204,6 +228,8 @@ def _collect(
         return EXIT_INCOMPLETE
     if bar:
         bar.close()
+    if _interrupted:
+        raise KeyboardInterrupt
     if since is not None:
         # Rate from publishing to the last result, not from when collecting began.
         summary.seconds = time.monotonic() - since
@@ -304,8 +330,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # SIGTERM unwinds like Ctrl-C, so `visionq run` stops what it started.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(EXIT_INTERRUPTED))
+    # SIGTERM unwinds like Ctrl-C, so `visionq run` stops what it started. A SIGINT that
+    # the parent chose to ignore (nohup, background jobs) stays ignored.
+    signal.signal(signal.SIGTERM, _interrupt)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         if getattr(args, "top_k", 1) < 1 or (getattr(args, "chunk_size", None) or 1) < 1:
             raise UsageError("--top-k and --chunk-size must be at least 1")

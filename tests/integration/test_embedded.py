@@ -61,6 +61,9 @@ def test_run_interrupted_stops_everything(sample_dir, weights_file, tmp_path):
         [*VISIONQ, "run", "--from-file", str(listing), "--out", str(tmp_path / "r.jsonl"),
          "--weights", weights_file, "--chunk-size", "1"],
         env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # As from a terminal: a test runner started in the background ignores SIGINT,
+        # and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while not any("visionq-run@" in p for p in _leftovers()):
