@@ -41,6 +41,7 @@ class ErrorType:
     POISON_INPUT = "PoisonInput"  # killed or hung its worker on every attempt
     INFERENCE_ERROR = "InferenceError"
     CHUNK_FAILED = "ChunkFailed"  # the chunk failed more often than the producer retries
+    HOST_FAILURE = "HostFailure"  # storage or device broken on every attempt (EIO, CUDA)
 
 
 class TopK(TypedDict):

@@ -18,3 +18,18 @@ class ImageError(WorkerError):
         super().__init__(message)
         self.etype = etype
         self.message = message
+
+
+class SystemicError(WorkerError):
+    """The host, its storage or its device is broken, not the image.
+
+    Raised from reading, fetching or inference, it fails the whole chunk so the chunk is
+    retried, possibly on another node, instead of writing one permanent error per image.
+    Once a chunk's attempts run out (``VISIONQ_MAX_ATTEMPTS``) the pipeline turns it into
+    per-image errors of type ``etype`` (``HostFailure`` unless a more precise one fits).
+    """
+
+    def __init__(self, message: str, etype: str = "HostFailure") -> None:
+        super().__init__(message)
+        self.etype = etype
+        self.message = message
