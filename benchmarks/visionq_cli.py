@@ -19,11 +19,11 @@ from benchmarks import corpus
 from benchmarks.layout import CALIBRATION_DIR, ROOT, tool
 from benchmarks.procs import Finished, kill_group, run_measured, spawn
 from benchmarks.redis_server import RedisServer
+from visionq.records import READY_MARK
 
 log = logging.getLogger(__name__)
 
 CONCURRENCY = 2
-READY_MARK = "visionq child ready"
 READY_TIMEOUT_S = 240.0
 _LOAD_MS = re.compile(r"load_ms=([0-9.]+)")
 

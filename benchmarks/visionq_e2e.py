@@ -25,7 +25,7 @@ from visionq.settings import Settings
 
 log = logging.getLogger(__name__)
 
-HEADLINE_CHUNK = Settings().effective_chunk_size  # what `visionq submit` uses by default
+HEADLINE_CHUNK = Settings().chunk_size  # 0: what `visionq submit` uses by default (self-sizing)
 WARMUP_IMAGES = 16
 
 

@@ -1,10 +1,14 @@
-"""The ``visionq`` command line: submit, collect, status, run.
+"""The ``visionq`` command line: submit, collect, cancel, status, run.
 
 Exit codes (documented in the README):
   0  every image has a result (bad images included, as error results)
-  1  results still missing when --timeout ran out, or no worker answered (status)
-  2  usage error: bad flags, no input, unknown job
+  1  results still missing when --timeout ran out, the job was cancelled meanwhile,
+     or no worker answered (status)
+  2  usage error: bad flags, no input, unknown or unsealed job, a job another
+     collector holds, an output file that is damaged or not this job's
   3  Redis unreachable, or the embedded Redis/worker of `visionq run` failed
+  4  every image has a result, but some failed because the host or the device failed
+     on every attempt (HostFailure, ChunkFailed): worth re-running elsewhere
   130 interrupted
 """
 
@@ -28,7 +32,11 @@ from producer.errors import (
     BackendUnavailable,
     EmbeddedError,
     IncompleteJob,
+    JobBusy,
+    JobCancelled,
     JobNotFound,
+    JobNotSealed,
+    ManifestMismatch,
     OutputMismatch,
 )
 from visionq import __version__
@@ -36,6 +44,7 @@ from visionq.schema import dumps
 from visionq.settings import PRECISION_CHOICES, Settings, SettingsError
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_HOST_FAILURE = 4
 
 log = logging.getLogger("visionq")
 
@@ -56,7 +65,8 @@ def _add_inputs(p: argparse.ArgumentParser) -> None:
         "--chunk-size",
         type=int,
         metavar="N",
-        help="paths per task (VISIONQ_CHUNK_SIZE, default 16)",
+        help="paths per task (VISIONQ_CHUNK_SIZE); default: sized from the work left "
+        "and the workers online",
     )
     p.add_argument("--queue", metavar="Q", help="queue to publish to (VISIONQ_QUEUE)")
 
@@ -76,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="visionq",
         description="Classify images at scale with Celery workers and a warm ResNet-18.",
         epilog="Exit codes: 0 complete, 1 results missing after --timeout, 2 usage error, "
-        "3 Redis or embedded stack unavailable.",
+        "3 Redis or embedded stack unavailable, 4 complete but the host or device failed "
+        "some images on every attempt.",
     )
     parser.add_argument("--version", action="version", version=f"visionq {__version__}")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -88,7 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", metavar="FILE", help="JSONL, or CSV if FILE ends in .csv; default: JSONL on stdout"
     )
     p.add_argument(
-        "--no-wait", action="store_true", help="publish, print the job id on stdout and exit"
+        "--no-wait",
+        action="store_true",
+        help="publish every chunk now, print the job id on stdout and exit; Redis then "
+        "holds the whole job until `visionq collect`",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="JOB_ID",
+        help="finish an interrupted submit of JOB_ID: give the same inputs again",
     )
     _add_wait(p)
 
@@ -96,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", metavar="JOB_ID")
     p.add_argument("--out", metavar="FILE", required=True, help="file to write or resume")
     _add_wait(p)
+
+    p = sub.add_parser("cancel", help="cancel a job: drop its queued chunks and its keys")
+    p.add_argument("job_id", metavar="JOB_ID")
 
     p = sub.add_parser(
         "status",
@@ -178,6 +200,11 @@ def _summary(summary: Summary, out: str | None) -> str:
     )
     if summary.resumed:
         text += f"; {summary.resumed} already in the file"
+    if summary.host_failures:
+        text += (
+            f"; {summary.host_failures} failed because the host or device failed on every "
+            "attempt (exit 4)"
+        )
     return text + (f" -> {out}" if out else "")
 
 
@@ -221,7 +248,7 @@ def _collect(
             summary = job.collect(out, timeout=args.timeout, on_chunk=on_chunk, resume=resume)
         else:
             summary = job.deliver(_to_stdout, timeout=args.timeout, on_chunk=on_chunk)
-    except IncompleteJob as exc:
+    except (IncompleteJob, JobCancelled) as exc:
         if bar:
             bar.close()
         print(f"visionq: {exc}", file=sys.stderr)
@@ -235,7 +262,7 @@ def _collect(
         summary.seconds = time.monotonic() - since
     if not args.quiet:
         print(_summary(summary, out), file=sys.stderr)
-    return EXIT_OK
+    return EXIT_HOST_FAILURE if summary.host_failures else EXIT_OK
 
 
 # -- verbs -----------------------------------------------------------------------------
@@ -245,13 +272,18 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     paths = _paths(args)
     with Client(settings=settings) as client:
         since = time.monotonic()
-        job = client.submit(paths, top_k=args.top_k, chunk_size=args.chunk_size,
-                            queue=args.queue)  # fmt: skip
+        try:
+            job = client.submit(
+                paths, top_k=args.top_k, chunk_size=args.chunk_size, queue=args.queue,
+                job_id=args.resume, resume=bool(args.resume), wait=not args.no_wait,
+            )  # fmt: skip
+        except JobNotFound as exc:
+            raise UsageError(str(exc)) from None
         if args.no_wait:
             print(job.id)
             return EXIT_OK
         if not args.quiet:
-            print(f"job {job.id}: {len(job)} images in {job.n_chunks} chunks", file=sys.stderr)
+            print(f"job {job.id}: {len(job)} images", file=sys.stderr)
         return _collect(job, args.out, args, resume=False, since=since)
 
 
@@ -262,6 +294,16 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
         except JobNotFound as exc:
             raise UsageError(str(exc)) from None
         return _collect(job, args.out, args, resume=True)
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    with Client(settings=settings) as client:
+        try:
+            dropped = client.cancel(args.job_id)
+        except JobNotFound as exc:
+            raise UsageError(str(exc)) from None
+    print(f"job {args.job_id} cancelled ({dropped} queued chunks dropped)", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -285,6 +327,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if os.environ.get("VISIONQ_BROKER_URL"):
         log.info("VISIONQ_BROKER_URL is set: submitting to that deployment")
         args.no_wait = False
+        args.resume = None
         return cmd_submit(args, settings)
     from producer.embedded import LocalWorker, RedisServer
 
@@ -319,7 +362,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return _collect(job, args.out, args, resume=False, since=since)
 
 
-VERBS = {"submit": cmd_submit, "collect": cmd_collect, "status": cmd_status, "run": cmd_run}
+VERBS = {
+    "submit": cmd_submit,
+    "collect": cmd_collect,
+    "cancel": cmd_cancel,
+    "status": cmd_status,
+    "run": cmd_run,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,7 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top-k and --chunk-size must be at least 1")
         settings = Settings.from_env()
         return VERBS[args.verb](args, settings)
-    except (UsageError, SettingsError, FileNotFoundError, OutputMismatch) as exc:
+    except (
+        UsageError, SettingsError, FileNotFoundError, OutputMismatch, JobBusy, JobNotSealed,
+        ManifestMismatch,
+    ) as exc:  # fmt: skip
         parser.error(str(exc))
     except (BackendUnavailable, EmbeddedError) as exc:
         print(f"visionq: {exc}", file=sys.stderr)

@@ -5,19 +5,17 @@
     for record in job.results():
         ...
 
-A job is cut into chunks; chunk ``i`` is the Celery task ``<job>:<i>`` and its result
-lands in that task's single result key. The collector listens on one pattern
-subscription for the job (the Redis backend PUBLISHes every result it stores) and
-sweeps pending keys with MGET now and then in case a message was missed. It owns the
-job: a chunk that failed, or that a Redis restart lost, is re-published; a duplicate
-is dropped, because each chunk is written once.
+``submit`` writes every path to the job's local manifest (:mod:`producer.manifest`),
+seals it, and publishes a first window of chunks; chunk ``i`` is the Celery task
+``<job>:<i>`` and its result lands in that task's single result key. Collecting
+(:mod:`producer.collector`) publishes the rest as results come back, so Redis holds a
+bounded window whatever the job's size, and writes each chunk exactly once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
+import socket
 import time
 import uuid
 from collections import Counter
@@ -27,23 +25,19 @@ from typing import Any
 
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 
-from producer.errors import BackendUnavailable, IncompleteJob
-from producer.inputs import chunked
-from producer.manifest import Manifest
+from producer.collector import REDIS_ERRORS, Collector, publish_ahead
+from producer.errors import BackendUnavailable, JobNotFound, JobNotSealed, ManifestMismatch
+from producer.jobstore import JobStore
+from producer.manifest import LocalManifest, prune
 from producer.output import open_writer
 from visionq import protocol
 from visionq.celeryconf import celery_config
-from visionq.schema import ErrorType, expand, failed_records
+from visionq.schema import ErrorType
 from visionq.settings import Settings
 
 log = logging.getLogger(__name__)
-
-_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError)
-_SWEEP_EVERY = 2.0  # seconds between MGET sweeps of pending result keys
-_MGET_BATCH = 1000
 
 Record = dict[str, Any]
 
@@ -107,7 +101,7 @@ class Client:
             try:
                 self.redis.ping()
                 return
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 if time.monotonic() >= deadline:
                     raise BackendUnavailable(
                         f"cannot reach Redis at {maybe_sanitize_url(self.settings.backend_url)}"
@@ -144,56 +138,126 @@ class Client:
         chunk_size: int | None = None,
         queue: str | None = None,
         job_id: str | None = None,
+        resume: bool = False,
+        wait: bool = True,
     ) -> Job:
-        """Publish ``paths`` (consumed lazily, held one chunk at a time) as a new job."""
+        """Stage ``paths`` in a new job's manifest and start it.
+
+        Args:
+            paths: image paths, consumed lazily and written to the local manifest
+                (``VISIONQ_STATE_DIR``), never held in memory.
+            top_k: classes per image.
+            chunk_size: paths per task; None or 0 sizes chunks from the work left and
+                the fleet (recommended).
+            queue: queue to publish to (default ``VISIONQ_QUEUE``).
+            job_id: the job's id; a new random id when None.
+            resume: continue the interrupted submit of ``job_id``: ``paths`` must be
+                the same inputs; those already staged are checked and skipped.
+            wait: True (the default) publishes a first window of chunks now and the
+                rest as results are collected, so Redis holds a bounded window. False
+                publishes every chunk now, for collection later (``--no-wait``): Redis
+                then holds the whole job until it is collected.
+
+        Returns:
+            The sealed :class:`Job`.
+
+        Raises:
+            BackendUnavailable: Redis cannot be reached.
+            ManifestMismatch: ``resume`` with inputs that differ from the staged ones.
+            JobNotFound: ``resume`` of a job this host has no manifest for.
+        """
         if top_k < 1:
             raise ValueError("top_k must be at least 1")
-        size = chunk_size or self.settings.effective_chunk_size
-        queue = queue or self.settings.queue
-        job_id = job_id or uuid.uuid4().hex
+        if chunk_size is not None and chunk_size < 0:
+            raise ValueError("chunk_size must be positive, or 0 for self-sizing")
         self.wait_ready()
-        manifest = self._manifest(job_id)
-        manifest.create(
-            {"chunk_size": size, "top_k": top_k, "queue": queue, "created": time.time(),
-             "images": 0, "chunks": 0, "state": "submitting", "run_id": self.server_id()}
-        )  # fmt: skip
-        images = chunks = 0
+        job_id = job_id or uuid.uuid4().hex
+        manifest = LocalManifest(self.settings.state_path, job_id)
+        store = self._store(job_id)
+        if resume:
+            if manifest.meta()["state"] != protocol.SUBMITTING:
+                raise ManifestMismatch(f"job {job_id} was already submitted in full")
+        else:
+            prune(self.settings.state_path, self.settings.result_expires)
+            manifest.create(
+                {"job": job_id, "top_k": top_k, "queue": queue or self.settings.queue,
+                 "chunk_size": chunk_size or self.settings.chunk_size, "created": time.time(),
+                 "host": socket.gethostname(), "state_dir": self.settings.state_path,
+                 "run_id": self.server_id()}
+            )  # fmt: skip
+            self._guarded(store.put_meta, manifest.meta())
         try:
-            with self.celery.producer_or_acquire() as pub:
-                for chunk in chunked(paths, size):
-                    manifest.append(chunk)
-                    self._publish(job_id, chunks, chunk, top_k, queue, producer=pub)
-                    images += len(chunk)
-                    chunks += 1
-        except _REDIS_ERRORS as exc:
-            raise BackendUnavailable(f"publishing job {job_id} failed: {exc}") from exc
-        manifest.seal(images=images, chunks=chunks)
-        log.info("job %s: %d images in %d chunks on queue %s", job_id, images, chunks, queue)
-        return Job(self, job_id, manifest)
+            manifest.stage(paths, resume=resume)
+        finally:
+            # Counted even when the input fails half-way, so the job can say how far
+            # it got; it stays "submitting": resumable or cancellable, never complete.
+            manifest.update()
+        manifest.seal()
+        self._guarded(store.put_meta, manifest.meta())
+        job = Job(self, job_id, manifest)
+        self._guarded(job.publish, all_chunks=not wait)
+        log.info("job %s: %d images on queue %s", job_id, len(job), manifest.meta()["queue"])
+        return job
 
     def job(self, job_id: str) -> Job:
-        """Reattach to a job submitted earlier, from this or another process."""
+        """Reattach to a job submitted earlier from this host (or this state folder).
+
+        Raises:
+            JobNotFound: no manifest here; the message names the host that has it.
+            JobNotSealed: the job's submit never finished.
+        """
         self.wait_ready()
-        manifest = self._manifest(job_id)
-        manifest.meta()  # raises JobNotFound
+        manifest = LocalManifest(self.settings.state_path, job_id)
+        if not manifest.exists():
+            meta = self._store(job_id).meta()
+            if meta:
+                raise JobNotFound(
+                    f"job {job_id} was submitted on {meta.get('host', '?')} and its manifest "
+                    f"is in {meta.get('state_dir', '?')} there: collect it on that host, or "
+                    "point VISIONQ_STATE_DIR at that folder"
+                )
+            raise JobNotFound(f"job {job_id} is not known here nor in Redis")
+        if not manifest.sealed:
+            raise JobNotSealed(
+                f"job {job_id} was never fully submitted ({manifest.images} paths staged): "
+                "resume it with the same inputs and --resume, or cancel it"
+            )
         return Job(self, job_id, manifest)
 
-    def _manifest(self, job_id: str) -> Manifest:
-        return Manifest(
-            self.redis, job_id, state_dir=self.settings.state_path, ttl=self.settings.result_expires
-        )
+    def cancel(self, job_id: str) -> int:
+        """Cancel a job: queued chunks are dropped or skipped, its keys and manifest go.
 
-    def _publish(
-        self, job_id: str, chunk: int, paths: list[str], top_k: int, queue: str,
-        producer: Any = None,
-    ) -> None:  # fmt: skip
-        self.celery.send_task(
-            protocol.TASK_NAME,
-            args=(job_id, chunk, paths, top_k),
-            task_id=protocol.task_id(job_id, chunk),
-            queue=queue,
-            producer=producer,
-        )
+        Returns the number of queued tasks removed from the broker.
+        """
+        self.wait_ready()
+        manifest = LocalManifest(self.settings.state_path, job_id)
+        store = self._store(job_id)
+        meta = (manifest.meta() if manifest.exists() else None) or store.meta()
+        if meta is None:
+            raise JobNotFound(f"job {job_id} is not known here nor in Redis")
+        broker = redis.Redis.from_url(self.settings.broker_url, **self._redis_options())
+        try:
+            dropped = self._guarded(store.cancel, meta.get("queue"), broker)
+        finally:
+            broker.close()
+        if manifest.exists():
+            manifest.update(state=protocol.CANCELLED)
+            manifest.delete()
+        log.info("job %s cancelled; %d queued tasks dropped", job_id, dropped)
+        return dropped
+
+    def _store(self, job_id: str) -> JobStore:
+        return JobStore(self.redis, job_id, self.settings.result_expires)
+
+    def _redis_options(self) -> dict[str, Any]:
+        timeout = _socket_timeout(self.settings)
+        return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+
+    def _guarded(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except REDIS_ERRORS as exc:
+            raise BackendUnavailable(f"Redis failed during {fn.__name__}: {exc}") from exc
 
 
 @dataclass
@@ -202,6 +266,7 @@ class Summary:
     ok: int = 0
     failed: int = 0
     resumed: int = 0  # records the output file already held when collection began
+    host_failures: int = 0  # images failed because the host or device did, every attempt
     seconds: float = 0.0
     errors: Counter = field(default_factory=Counter)
 
@@ -215,28 +280,43 @@ class Summary:
                 self.ok += 1
             else:
                 self.failed += 1
-                self.errors[r["error"]["type"]] += 1
+                etype = r["error"]["type"]
+                self.errors[etype] += 1
+                if etype in _HOST_ERRORS:
+                    self.host_failures += 1
+
+
+_HOST_ERRORS = frozenset({ErrorType.HOST_FAILURE, ErrorType.CHUNK_FAILED})
 
 
 class Job:
     """A submitted job. ``len(job)`` is its number of images."""
 
-    def __init__(self, client: Client, job_id: str, manifest: Manifest) -> None:
+    def __init__(self, client: Client, job_id: str, manifest: LocalManifest) -> None:
         self.client = client
         self.id = job_id
         self.manifest = manifest
 
     def __len__(self) -> int:
-        return int(self.manifest.meta()["images"])
+        return self.manifest.images
 
     @property
     def n_chunks(self) -> int:
-        return int(self.manifest.meta()["chunks"])
+        """Chunks cut so far (chunks are cut as the window allows)."""
+        return self.manifest.n_cut
+
+    @property
+    def state(self) -> str:
+        return str(self.manifest.meta()["state"])
 
     def __repr__(self) -> str:
-        return f"<Job {self.id} images={len(self)} chunks={self.n_chunks}>"
+        return f"<Job {self.id} images={len(self)} state={self.state}>"
 
-    # -- results ----------------------------------------------------------------
+    def publish(self, *, all_chunks: bool = False) -> int:
+        """Publish the first window of chunks now (or all of them); return how many."""
+        return publish_ahead(self.client, self.manifest, all_chunks=all_chunks)
+
+    # -- results --------------------------------------------------------------------
 
     def results(self, timeout: float | None = None) -> Iterator[Record]:
         """Per-image records in completion order; each chunk is consumed once."""
@@ -247,8 +327,13 @@ class Job:
         self, *, timeout: float | None = None, skip: Iterable[int] = ()
     ) -> Iterator[tuple[int, list[Record]]]:
         """(chunk, records) as chunks finish. A chunk counts as delivered, and its
-        result is deleted from Redis, once the caller asks for the next one."""
-        return _Collector(self, timeout=timeout, skip=set(skip)).run()
+        result is deleted from Redis, once the caller asks for the next one.
+
+        Raises:
+            JobBusy: another collector holds the job.
+            IncompleteJob: ``timeout`` ran out first.
+        """
+        return Collector(self.client, self.manifest, timeout=timeout, have=set(skip)).run()
 
     def collect(
         self,
@@ -261,7 +346,8 @@ class Job:
         """Write results to ``out`` (JSONL, or CSV for *.csv).
 
         With ``resume`` (the default) a file already holding part of this job is kept
-        and only what is missing is appended; without it the file starts empty.
+        and only what is missing is appended; without it the file starts empty. A file
+        that is damaged or not this job's output is refused and left untouched.
         """
         with open_writer(out, fresh=not resume) as writer:
             have = writer.recover(self.manifest.chunk_len, self.id) if resume else set()
@@ -295,242 +381,3 @@ class Job:
         finally:
             summary.seconds = time.monotonic() - start
         return summary
-
-
-class _Collector:
-    """The loop behind :meth:`Job.iter_chunks`.
-
-    Every Redis call sits inside one guarded step of the loop: an outage costs retries
-    (up to ``redis_timeout``), never a chunk. Chunks whose re-publish failed are owed
-    and published again on the next sweep, so an outage mid-publish loses nothing.
-    """
-
-    def __init__(self, job: Job, *, timeout: float | None, skip: set[int]) -> None:
-        self.job = job
-        self.client = job.client
-        self.redis = job.client.redis
-        self.settings = job.client.settings
-        self.meta = job.manifest.meta()
-        self.pending = set(range(int(self.meta["chunks"]))) - skip
-        self.skip = skip
-        self.deadline = time.monotonic() + timeout if timeout else None
-        self.retries: Counter[int] = Counter()
-        self.owed: set[int] = set()  # chunks to (re-)publish once Redis takes them
-        self.pubsub: Any = None
-        # The server the job was published to: a different one at start-up means the
-        # queue was lost while nobody was collecting.
-        self.run_id: str | None = self.meta.get("run_id")
-        self.last_progress = time.monotonic()
-        self.stall_wait = self.settings.stall_timeout
-        self.offline_since: float | None = None
-
-    def run(self) -> Iterator[tuple[int, list[Record]]]:
-        try:
-            if self.skip:
-                self._ack(self.skip)
-            next_sweep = 0.0
-            while self.pending:
-                self._check_deadline()
-                now = time.monotonic()
-                ready: list[tuple[int, list[Record]]] = []
-                try:
-                    messages = self._listen(0.25)
-                    if now >= next_sweep:
-                        messages += self._sweep()
-                        self._check_restart()
-                        self._check_stall()
-                        self._flush_owed()
-                        next_sweep = time.monotonic() + _SWEEP_EVERY
-                    # Collected one by one, so chunks decided before an outage strikes
-                    # are still handed out below.
-                    for chunk, meta in messages:
-                        records = self._handle(chunk, meta)
-                        if records is not None:
-                            ready.append((chunk, records))
-                    self.offline_since = None
-                except _REDIS_ERRORS as exc:
-                    self._offline(exc)
-                for chunk, records in ready:
-                    yield chunk, records
-                    self._ack([chunk])
-            self._finish()
-        finally:
-            self._close_pubsub()
-
-    def _check_deadline(self) -> None:
-        if self.deadline and time.monotonic() >= self.deadline:
-            raise IncompleteJob(
-                f"job {self.job.id}: {len(self.pending)} chunks still missing after the timeout",
-                missing=sum(self.job.manifest.chunk_len(c) for c in self.pending),
-            )
-
-    # -- Redis I/O --------------------------------------------------------------
-
-    def _connect(self) -> None:
-        self._close_pubsub()
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        pubsub.psubscribe(protocol.result_pattern(self.job.id))
-        self.pubsub = pubsub
-        if self.run_id is None:
-            self.run_id = self.client.server_id()
-
-    def _close_pubsub(self) -> None:
-        if self.pubsub is not None:
-            with contextlib.suppress(_REDIS_ERRORS):
-                self.pubsub.close()
-            self.pubsub = None
-
-    def _listen(self, wait: float) -> list[tuple[int, dict[str, Any]]]:
-        if self.pubsub is None:
-            self._connect()
-        out = []
-        msg = self.pubsub.get_message(timeout=wait)
-        while msg is not None:
-            if msg.get("type") == "pmessage":
-                _, chunk = protocol.parse_task_id(
-                    msg["channel"].decode()[len(protocol.RESULT_KEY_PREFIX) :]
-                )
-                out.append((chunk, json.loads(msg["data"])))
-            msg = self.pubsub.get_message(timeout=0)
-        return out
-
-    def _sweep(self) -> list[tuple[int, dict[str, Any]]]:
-        out = []
-        order = sorted(self.pending)
-        for i in range(0, len(order), _MGET_BATCH):
-            batch = order[i : i + _MGET_BATCH]
-            values = self.redis.mget([protocol.result_key(self.job.id, c) for c in batch])
-            out.extend(
-                (c, json.loads(v)) for c, v in zip(batch, values, strict=False) if v is not None
-            )
-        return out
-
-    def _offline(self, exc: Exception) -> None:
-        now = time.monotonic()
-        self.offline_since = self.offline_since or now
-        if now - self.offline_since > self.settings.redis_timeout:
-            raise BackendUnavailable(
-                f"lost Redis at {maybe_sanitize_url(self.settings.backend_url)} for more "
-                f"than {self.settings.redis_timeout:g} s: {exc}"
-            ) from None
-        log.warning("Redis unreachable (%s); retrying", exc)
-        # Subscribe again on the next turn; results published meanwhile are found by
-        # the sweep, which the restart check follows.
-        self._close_pubsub()
-        time.sleep(0.5)
-
-    def _ack(self, chunks: Iterable[int]) -> None:
-        """The chunks are in the output: tell workers to skip them, free their results."""
-        chunks = list(chunks)
-        keys = protocol.JobKeys(self.job.id)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.sadd(keys.done, *chunks)
-        pipe.expire(keys.done, self.settings.result_expires)
-        pipe.delete(*(protocol.result_key(self.job.id, c) for c in chunks))
-        try:
-            pipe.execute()
-        except _REDIS_ERRORS as exc:
-            # Not fatal: the file already holds them; stray keys expire on their own.
-            log.warning("could not mark chunks done: %s", exc)
-
-    # -- decisions ----------------------------------------------------------------
-
-    def _handle(self, chunk: int, meta: dict[str, Any]) -> list[Record] | None:
-        if chunk not in self.pending:
-            return None  # a duplicate of a chunk already written
-        status = meta.get("status")
-        result = meta.get("result")
-        if status == "SUCCESS" and isinstance(result, dict) and "items" in result:
-            self.pending.discard(chunk)
-            self.owed.discard(chunk)
-            self._progress()
-            return list(expand(result, self.job.id))
-        if status in ("FAILURE", "REVOKED"):
-            reason = result.get("exc_message") if isinstance(result, dict) else result
-            return self._retry(chunk, f"{status}: {reason}")
-        return None
-
-    def _retry(self, chunk: int, reason: str) -> list[Record] | None:
-        paths = self.job.manifest.chunk(chunk)
-        # Workers go image by image after max_attempts deliveries and mark one culprit
-        # per failed delivery, so this bound lets every image in the chunk be tried.
-        limit = self.settings.max_attempts + len(paths) + 1
-        # Deleted before the re-publish, so the next sweep cannot mistake this failure
-        # for the new delivery's; a failed delete leaves it to be seen (and counted)
-        # again, which only brings the bound closer.
-        self.redis.delete(protocol.result_key(self.job.id, chunk))
-        self.retries[chunk] += 1
-        if self.retries[chunk] > limit:
-            log.error("chunk %d failed %d times, giving up: %s", chunk, limit, reason)
-            self.pending.discard(chunk)
-            self.owed.discard(chunk)
-            return failed_records(
-                paths, self.job.id, chunk, ErrorType.CHUNK_FAILED,
-                f"chunk failed {limit} times; last error: {reason}",
-            )  # fmt: skip
-        log.warning("chunk %d failed (%s); re-publishing", chunk, reason)
-        self.owed.add(chunk)
-        self._flush_owed()
-        return None
-
-    def _flush_owed(self) -> None:
-        """Publish the owed chunks; what is not published stays owed."""
-        if not self.owed:
-            return
-        m = self.meta
-        with self.client.celery.producer_or_acquire() as pub:
-            for chunk in sorted(self.owed & self.pending):
-                self.client._publish(
-                    self.job.id, chunk, self.job.manifest.chunk(chunk), int(m["top_k"]),
-                    m["queue"], producer=pub,
-                )  # fmt: skip
-                self.owed.discard(chunk)
-        self.owed &= self.pending
-
-    def _check_restart(self) -> None:
-        run_id = self.client.server_id()
-        if run_id == self.run_id:
-            return
-        # A different server process: without persistence the queue, the manifest and
-        # any unread results are gone. Put the manifest back and publish what is missing.
-        log.warning("Redis restarted; re-publishing %d pending chunks", len(self.pending))
-        self._connect()
-        if not self.job.manifest.in_redis():
-            self.job.manifest.restore()
-        self.owed |= self.pending
-        self._flush_owed()
-        # Recorded only now: an outage during the steps above repeats them.
-        self.run_id = run_id
-        self.job.manifest.update(run_id=run_id)
-        self._progress()
-
-    def _check_stall(self) -> None:
-        if time.monotonic() - self.last_progress < self.stall_wait:
-            return
-        log.warning(
-            "no result for %.0f s; re-publishing %d pending chunks",
-            self.stall_wait, len(self.pending),
-        )  # fmt: skip
-        self.owed |= self.pending
-        self._flush_owed()
-        self.last_progress = time.monotonic()
-        # Each silent period doubles the wait, so workers that are merely all down do
-        # not find the queue holding one more copy of every chunk per stall timeout.
-        self.stall_wait *= 2
-
-    def _progress(self) -> None:
-        self.last_progress = time.monotonic()
-        self.stall_wait = self.settings.stall_timeout
-
-    def _finish(self) -> None:
-        try:
-            n = int(self.meta["chunks"])
-            keys = [protocol.result_key(self.job.id, c) for c in range(n)]
-            pipe = self.redis.pipeline(transaction=False)
-            for i in range(0, len(keys), _MGET_BATCH):
-                pipe.delete(*keys[i : i + _MGET_BATCH])
-            pipe.execute()
-            self.job.manifest.update(state="collected", finished=time.time())
-            self.job.manifest.finish()
-        except _REDIS_ERRORS as exc:
-            log.warning("job %s collected, but cleanup failed: %s", self.job.id, exc)

@@ -22,10 +22,9 @@ from typing import IO
 import redis
 
 from producer.errors import EmbeddedError
+from visionq.records import READY_MARK
 
 log = logging.getLogger(__name__)
-
-READY_MARK = "visionq child ready"
 
 
 def free_port() -> int:

@@ -29,3 +29,19 @@ class OutputMismatch(ProducerError):
 
 class EmbeddedError(ProducerError):
     """The embedded Redis or worker of ``visionq run`` failed."""
+
+
+class ManifestMismatch(ProducerError):
+    """A manifest or payload does not match the paths the job was submitted with."""
+
+
+class JobNotSealed(ProducerError):
+    """The job's submit never finished: it can be resumed or cancelled, not collected."""
+
+
+class JobBusy(ProducerError):
+    """Another collector holds the job's lease."""
+
+
+class JobCancelled(ProducerError):
+    """The job was cancelled (``visionq cancel``) while it was being collected."""

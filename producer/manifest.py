@@ -1,8 +1,16 @@
-"""A job's manifest: its options and the paths of every chunk.
+"""A job's local manifest: every path once, on disk, and the chunks cut from it.
 
-Kept twice, on purpose. In Redis, so a producer on any host can reattach to a job and
-re-publish its chunks. In a local file under the state folder, so a job survives a
-Redis restart without persistence: the producer puts it back into Redis.
+The manifest is the job's source of truth, so its size never lands in memory or in
+Redis. It lives in ``<state dir>/jobs/<job>/``:
+
+* ``meta.json``: options, state and counts, replaced atomically;
+* ``paths``: one JSON string per line (ASCII-escaped, so newlines and bytes that are
+  not UTF-8 in a name round-trip), written once while the job is submitted;
+* ``index``: one fixed-size record per chunk cut so far (byte offset, first position,
+  count, checksum), so chunk ``i`` is addressable by ``i`` and verifiable.
+
+Chunks are cut lazily, as the window of chunks in flight allows (see
+:mod:`producer.sizing`), so their sizes can follow the work left and the fleet.
 """
 
 from __future__ import annotations
@@ -10,141 +18,268 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from array import array
+import shutil
+import struct
+import time
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from producer.errors import JobNotFound
-from visionq.protocol import JobKeys
+from producer.errors import JobNotFound, ManifestMismatch
+from visionq import protocol
+from visionq.chunks import ChunkEntry, checksum
 
-_FLUSH_EVERY = 256  # chunks per pipelined round trip
+_INDEX = struct.Struct("<QQI8s")  # byte offset, first position, count, checksum
+_SYNC_EVERY_S = 2.0
 
 
-class Manifest:
-    def __init__(self, redis: Any, job_id: str, *, state_dir: str, ttl: int) -> None:
-        self.redis = redis
+def jobs_dir(state_dir: str) -> str:
+    return os.path.join(state_dir, "jobs")
+
+
+class LocalManifest:
+    """The manifest of one job in ``state_dir``. Not thread-safe; one owner at a time."""
+
+    def __init__(self, state_dir: str, job_id: str) -> None:
         self.job_id = job_id
-        self.keys = JobKeys(job_id)
-        self.ttl = ttl
-        folder = os.path.join(state_dir, "jobs")
-        self.meta_path = os.path.join(folder, f"{job_id}.json")
-        self.chunks_path = os.path.join(folder, f"{job_id}.chunks.jsonl")
+        self.folder = os.path.join(jobs_dir(state_dir), job_id)
+        self.meta_path = os.path.join(self.folder, "meta.json")
+        self.paths_path = os.path.join(self.folder, "paths")
+        self.index_path = os.path.join(self.folder, "index")
         self._meta: dict[str, Any] | None = None
-        self._offsets: array | None = None
-        self._pipe: Any = None
-        self._pending = 0
-        self._local: Any = None
+        self._index: Any = None  # append handle
+        self._reader: Any = None  # sequential handle over ``paths`` for cutting
+        self._n_cut = 0
+        self._cut_paths = 0
+        self._cut_offset = 0
+        self._last_sync = 0.0
 
-    # -- writing ----------------------------------------------------------------
+    # -- lifecycle ------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return os.path.exists(self.meta_path)
 
     def create(self, meta: dict[str, Any]) -> None:
-        os.makedirs(os.path.dirname(self.meta_path), exist_ok=True)
-        self._meta = dict(meta)
-        self._write_local_meta()
-        self.redis.hset(self.keys.meta, mapping=_flat(self._meta))
-        self.redis.expire(self.keys.meta, self.ttl)
-        self._local = open(self.chunks_path, "w", encoding="utf-8", errors="surrogateescape")  # noqa: SIM115
-        self._pipe = self.redis.pipeline(transaction=False)
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        self._meta = {**meta, "state": protocol.SUBMITTING, "images": 0, "sum": None}
+        for path in (self.paths_path, self.index_path):
+            with open(path, "wb"):
+                pass
+        self._write_meta()
 
-    def append(self, paths: list[str]) -> None:
-        line = json.dumps(paths, ensure_ascii=False)
-        self._local.write(line + "\n")
-        self._pipe.rpush(self.keys.chunks, line)
-        self._pending += 1
-        if self._pending >= _FLUSH_EVERY:
-            self._flush()
+    def stage(self, paths: Iterable[str], *, resume: bool = False) -> int:
+        """Append ``paths`` to the manifest; return the number of paths it holds.
 
-    def _flush(self) -> None:
-        if self._pending:
-            self._pipe.expire(self.keys.chunks, self.ttl)
-            self._pipe.execute()
-            self._pending = 0
+        With ``resume``, ``paths`` must start with exactly the paths already staged
+        (the same inputs, walked in the same sorted order): those are checked and
+        skipped, and the rest is appended. Anything else raises ManifestMismatch.
+        """
+        it = iter(paths)
+        staged = self.meta()["images"]
+        if resume and staged:
+            self._check_prefix(it, staged)
+        count = staged
+        with open(self.paths_path, "ab") as fh:
+            batch: list[str] = []
+            try:
+                for path in it:
+                    batch.append(json.dumps(path) + "\n")
+                    if len(batch) >= 4096:
+                        count += self._append(fh, batch)
+            finally:
+                # What was read before an interruption is staged, so a resume skips it.
+                count += self._append(fh, batch)
+                fh.flush()
+                os.fsync(fh.fileno())
+        return count
 
-    def seal(self, *, images: int, chunks: int) -> None:
-        self._flush()
-        self._local.close()
-        assert self._meta is not None
-        self._meta.update(images=images, chunks=chunks, state="submitted")
-        self._write_local_meta()
-        self.redis.hset(self.keys.meta, mapping=_flat(self._meta))
+    def _append(self, fh: Any, batch: list[str]) -> int:
+        n = len(batch)
+        if n:
+            fh.write("".join(batch).encode("ascii"))
+            batch.clear()
+            self.meta()["images"] += n
+            if time.monotonic() - self._last_sync > _SYNC_EVERY_S:
+                # Counted in the meta file now and then, so an interrupted submit can
+                # say how far it got and be resumed from there.
+                self._last_sync = time.monotonic()
+                fh.flush()
+                self._write_meta()
+        return n
 
-    def _write_local_meta(self) -> None:
-        tmp = self.meta_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self._meta, fh)
-        os.replace(tmp, self.meta_path)
+    def _check_prefix(self, it: Iterator[str], staged: int) -> None:
+        have = 0
+        for have, old in enumerate(self.iter_paths(), 1):
+            new = next(it, None)
+            if new != old:
+                raise ManifestMismatch(
+                    f"job {self.job_id}: input {have} is {new!r}, but the job has {old!r} "
+                    "there; resume with the same inputs"
+                )
+            if have == staged:
+                break
 
-    # -- reading ----------------------------------------------------------------
-
-    def meta(self) -> dict[str, Any]:
-        if self._meta is None:
-            raw = self.redis.hgetall(self.keys.meta)
-            if raw:
-                self._meta = {k.decode(): json.loads(v) for k, v in raw.items()}
-            elif os.path.exists(self.meta_path):
-                with open(self.meta_path, encoding="utf-8") as fh:
-                    self._meta = json.load(fh)
-            else:
-                raise JobNotFound(f"job {self.job_id} is not in Redis nor in the state folder")
-        return self._meta
-
-    def chunk_size(self) -> int:
-        return int(self.meta()["chunk_size"])
-
-    def chunk_len(self, i: int) -> int:
-        m = self.meta()
-        size, n_chunks, images = int(m["chunk_size"]), int(m["chunks"]), int(m["images"])
-        return size if i < n_chunks - 1 else images - size * (n_chunks - 1)
-
-    def chunk(self, i: int) -> list[str]:
-        raw = self.redis.lindex(self.keys.chunks, i)
-        if raw is None:
-            raw = self._local_line(i)
-        return json.loads(raw)
-
-    def _local_line(self, i: int) -> str:
-        if not os.path.exists(self.chunks_path):
-            raise JobNotFound(f"chunk {i} of job {self.job_id} is lost: no manifest left")
-        if self._offsets is None:
-            self._offsets = array("q")
-            pos = 0
-            with open(self.chunks_path, "rb") as fh:
-                for line in fh:
-                    self._offsets.append(pos)
-                    pos += len(line)
-        with open(self.chunks_path, "rb") as fh:
-            fh.seek(self._offsets[i])
-            return fh.readline().decode("utf-8", "surrogateescape")
-
-    def in_redis(self) -> bool:
-        return bool(self.redis.exists(self.keys.meta))
-
-    def restore(self) -> None:
-        """Put the manifest back into Redis from the local copy (after a Redis restart)."""
+    def seal(self) -> None:
+        """Mark every path staged: from now on the job can complete."""
         meta = self.meta()
-        self.redis.hset(self.keys.meta, mapping=_flat(meta))
-        self.redis.expire(self.keys.meta, self.ttl)
-        if os.path.exists(self.chunks_path) and not self.redis.exists(self.keys.chunks):
-            pipe = self.redis.pipeline(transaction=False)
-            with open(self.chunks_path, encoding="utf-8", errors="surrogateescape") as fh:
-                for n, line in enumerate(fh, 1):
-                    pipe.rpush(self.keys.chunks, line.rstrip("\n"))
-                    if n % _FLUSH_EVERY == 0:
-                        pipe.execute()
-            pipe.expire(self.keys.chunks, self.ttl)
-            pipe.execute()
+        meta["sum"] = checksum(self.iter_paths())
+        meta["state"] = protocol.SUBMITTED
+        self._write_meta()
 
     def update(self, **fields: Any) -> None:
         self.meta().update(fields)
-        self.redis.hset(self.keys.meta, mapping=_flat(fields))
-        self._write_local_meta()
+        self._write_meta()
 
-    def finish(self) -> None:
-        """Drop the bulky keys; the meta hash stays as a summary until it expires."""
-        self.redis.delete(*self.keys.transient())
-        for path in (self.chunks_path,):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
+    def delete(self) -> None:
+        self.close()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def close(self) -> None:
+        for fh in (self._index, self._reader):
+            if fh is not None:
+                fh.close()
+        self._index = self._reader = None
+
+    # -- reading --------------------------------------------------------------------
+
+    def meta(self) -> dict[str, Any]:
+        if self._meta is None:
+            try:
+                with open(self.meta_path, encoding="utf-8") as fh:
+                    self._meta = json.load(fh)
+            except FileNotFoundError:
+                raise JobNotFound(f"job {self.job_id} has no manifest in {self.folder}") from None
+        return self._meta
+
+    @property
+    def images(self) -> int:
+        return int(self.meta()["images"])
+
+    @property
+    def sealed(self) -> bool:
+        return self.meta()["state"] != protocol.SUBMITTING
+
+    def iter_paths(self) -> Iterator[str]:
+        with open(self.paths_path, "rb") as fh:
+            for line in fh:
+                yield json.loads(line)
+
+    # -- chunks ---------------------------------------------------------------------
+
+    def _load_index(self) -> None:
+        if self._index is not None:
+            return
+        size = os.path.getsize(self.index_path)
+        # A record torn by a crash mid-write is dropped: that chunk is cut again.
+        whole = size - size % _INDEX.size
+        self._index = open(self.index_path, "r+b")  # noqa: SIM115 - lives with the manifest
+        self._index.truncate(whole)
+        self._n_cut = whole // _INDEX.size
+        if self._n_cut:
+            offset, start, count, _ = self._record(self._n_cut - 1)
+            self._cut_paths = start + count
+            self._cut_offset = offset + self._byte_len(offset, count)
+        self._index.seek(whole)
+
+    def _byte_len(self, offset: int, count: int) -> int:
+        with open(self.paths_path, "rb") as fh:
+            fh.seek(offset)
+            return sum(len(fh.readline()) for _ in range(count))
+
+    def _record(self, i: int) -> tuple[int, int, int, bytes]:
+        with open(self.index_path, "rb") as fh:
+            fh.seek(i * _INDEX.size)
+            raw = fh.read(_INDEX.size)
+        if len(raw) != _INDEX.size:
+            raise IndexError(f"job {self.job_id} has no chunk {i}")
+        return _INDEX.unpack(raw)
+
+    @property
+    def n_cut(self) -> int:
+        self._load_index()
+        return self._n_cut
+
+    @property
+    def remaining(self) -> int:
+        """Paths not yet in any chunk."""
+        self._load_index()
+        return self.images - self._cut_paths
+
+    def cut(self, size: int) -> ChunkEntry:
+        """The next chunk: up to ``size`` paths after the last chunk cut."""
+        self._load_index()
+        if self._reader is None:
+            self._reader = open(self.paths_path, "rb")  # noqa: SIM115
+        self._reader.seek(self._cut_offset)
+        paths = []
+        nbytes = 0
+        for _ in range(min(size, self.remaining)):
+            line = self._reader.readline()
+            nbytes += len(line)
+            paths.append(json.loads(line))
+        entry = ChunkEntry.build(self.job_id, self._n_cut, self._cut_paths, paths)
+        self._index.write(
+            _INDEX.pack(self._cut_offset, entry.start, len(paths), bytes.fromhex(entry.sum))
+        )
+        # Flushed, not fsynced, per chunk: a producer crash keeps it; a host crash may
+        # lose the newest records, and then those chunk numbers are cut again with
+        # other paths. Payloads of the old cut then fail the checksum and are dropped.
+        self._index.flush()
+        self._n_cut += 1
+        self._cut_paths += len(paths)
+        self._cut_offset += nbytes
+        return entry
+
+    def entry(self, i: int) -> ChunkEntry:
+        """Chunk ``i`` as cut, read back from disk."""
+        offset, start, count, digest = self._record(i)
+        with open(self.paths_path, "rb") as fh:
+            fh.seek(offset)
+            paths = tuple(json.loads(fh.readline()) for _ in range(count))
+        entry = ChunkEntry(self.job_id, i, start, paths, digest.hex())
+        if checksum(paths) != entry.sum:
+            raise ManifestMismatch(f"job {self.job_id}: chunk {i} does not match its checksum")
+        return entry
+
+    def chunk_len(self, i: int) -> int:
+        return self._record(i)[2]
+
+    def digest(self, i: int) -> str:
+        """Chunk ``i``'s checksum, as recorded when it was cut."""
+        return self._record(i)[3].hex()
+
+    def sync(self) -> None:
+        """Make the chunk index durable (called now and then by the collector)."""
+        if self._index is not None:
+            self._index.flush()
+            os.fsync(self._index.fileno())
+
+    # -- internals ------------------------------------------------------------------
+
+    def _write_meta(self) -> None:
+        tmp = self.meta_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self._meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.meta_path)
 
 
-def _flat(meta: dict[str, Any]) -> dict[str, str]:
-    return {k: json.dumps(v) for k, v in meta.items()}
+def prune(state_dir: str, older_than_s: float) -> int:
+    """Remove manifests of finished or cancelled jobs untouched for ``older_than_s``."""
+    root = jobs_dir(state_dir)
+    removed = 0
+    now = time.time()
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(root):
+            meta_path = os.path.join(root, name, "meta.json")
+            try:
+                if now - os.path.getmtime(meta_path) < older_than_s:
+                    continue
+                with open(meta_path, encoding="utf-8") as fh:
+                    state = json.load(fh).get("state")
+            except (OSError, ValueError):
+                continue
+            if state in (protocol.COMPLETE, protocol.CANCELLED):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+                removed += 1
+    return removed

@@ -14,7 +14,6 @@ every queue an online node consumes.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -23,6 +22,7 @@ from kombu.exceptions import ChannelError
 
 from producer.client import Client
 from visionq.protocol import worker_key
+from visionq.records import ChildRecord
 
 log = logging.getLogger(__name__)
 
@@ -107,16 +107,16 @@ def _children(client: Client, name: str, stats: dict[str, Any]) -> list[ChildInf
         if not raw:
             children.append(ChildInfo(pid=int(pid)))
             continue
-        info = json.loads(raw)
+        info = ChildRecord.from_json(raw)
         children.append(
             ChildInfo(
                 pid=int(pid),
-                warm=bool(info.get("warm", False)),
-                device=str(info.get("device", "?")),
-                weights=str(info.get("weights", "?")),
-                precision=str(info.get("precision", "?")),
-                threads=int(info.get("threads", 0)),
-                batch_size=int(info.get("batch_size", 0)),
+                warm=info.warm,
+                device=info.device,
+                weights=info.weights,
+                precision=info.precision,
+                threads=info.threads,
+                batch_size=info.batch_size,
             )
         )
     return children

@@ -64,7 +64,10 @@ def make_payload(
     weights: str,
     precision: str,
     attempt: int = 1,
+    ms: float = 0.0,
 ) -> dict[str, Any]:
+    """A chunk's compact result. ``ms`` is the worker's wall time for the whole chunk,
+    which the producer uses to size later chunks."""
     return {
         "v": PAYLOAD_VERSION,
         "chunk": chunk,
@@ -73,6 +76,7 @@ def make_payload(
         "weights": weights,
         "precision": precision,
         "attempt": attempt,
+        "ms": round(ms, 1),
         "items": [list(item) for item in items],
     }
 

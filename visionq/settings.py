@@ -48,7 +48,15 @@ class Settings:
         "", "Folder of images that calibrates VISIONQ_PRECISION=int8 (the first 64 are used)."
     )
     batch_size: int = _env_field(0, "Images per forward pass; 0 means 8 on CPU, 64 on CUDA.")
-    chunk_size: int = _env_field(0, "Default paths per task; 0 means 16 (CPU-sized).")
+    chunk_size: int = _env_field(
+        0, "Paths per task; 0 sizes chunks from the work left and the fleet (recommended)."
+    )
+    chunk_seconds: float = _env_field(
+        20.0, "Self-sized chunks hold at most about this many seconds of one child's work."
+    )
+    window: int = _env_field(
+        0, "Chunks in flight per job while collecting; 0 means 2 per pool child, plus 1."
+    )
     jpeg_draft: bool = _env_field(
         False, "Let libjpeg decode large JPEGs at reduced scale (faster, not bit-exact)."
     )
@@ -72,7 +80,7 @@ class Settings:
         89_478_485, "Largest decoded image in pixels; bigger is a decompression bomb."
     )
     result_expires: int = _env_field(
-        86_400, "Seconds uncollected results (and job records) stay in Redis."
+        86_400, "Seconds a job's keys and results stay in Redis after its last activity."
     )
     proc_alive_timeout: float = _env_field(
         120.0, "Seconds a pool child may take to load and warm its model."
@@ -94,12 +102,6 @@ class Settings:
     @property
     def backend_url(self) -> str:
         return self.result_backend or _with_db(self.broker_url, 1)
-
-    @property
-    def effective_chunk_size(self) -> int:
-        # ~0.4 s of work per chunk on one CPU core: a job's tail (the last chunk running
-        # while the other children idle) stays short, and per-task overhead stays ~1%.
-        return self.chunk_size or 16
 
     @property
     def effective_time_limit(self) -> int:
@@ -159,9 +161,14 @@ class Settings:
                 f"VISIONQ_PRECISION={self.precision!r}; expected one of "
                 + ", ".join(PRECISION_CHOICES)
             )
-        for name in ("visibility_timeout", "task_time_limit", "max_attempts", "result_expires"):
+        for name in (
+            "visibility_timeout", "task_time_limit", "max_attempts", "result_expires",
+            "chunk_seconds",
+        ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise SettingsError(f"VISIONQ_{name.upper()} must be positive")
+        if self.chunk_size < 0 or self.window < 0:
+            raise SettingsError("VISIONQ_CHUNK_SIZE and VISIONQ_WINDOW must be 0 or more")
         self.path_rewrites  # noqa: B018 - parses VISIONQ_PATH_MAP so errors surface early
 
     @classmethod

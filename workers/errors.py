@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class WorkerError(Exception):
     """Base class for errors raised by visionq workers."""
@@ -33,3 +35,36 @@ class SystemicError(WorkerError):
         super().__init__(message)
         self.etype = etype
         self.message = message
+
+
+# errnos that say the storage or the network under it is broken, not the file: a
+# missing or dead mount (NFS ESTALE, FUSE ENOTCONN), a failing disk (EIO).
+SYSTEMIC_ERRNOS = frozenset(
+    {
+        errno.EIO, errno.ESTALE, errno.ENOTCONN, errno.EHOSTDOWN, errno.EHOSTUNREACH,
+        errno.ENETDOWN, errno.ENETUNREACH, errno.ETIMEDOUT, errno.ENOMEDIUM,
+        errno.EREMOTEIO, errno.ECONNABORTED,
+    }
+)  # fmt: skip
+
+# A CUDA error that is not an out-of-memory leaves the context unusable: every later
+# call on it fails too, so it is the device that is broken, not the batch.
+_DEVICE_FAILURES = ("CUDA error", "CUBLAS_STATUS", "CUDNN_STATUS", "device-side assert",
+                    "cudaErrorIllegalAddress", "NVML")  # fmt: skip
+
+
+def systemic_os_error(exc: BaseException, name: object) -> SystemicError | None:
+    """A SystemicError for an OSError whose errno blames the storage, else None."""
+    if isinstance(exc, OSError) and exc.errno in SYSTEMIC_ERRNOS:
+        return SystemicError(f"reading {name}: {exc.strerror or exc} (errno {exc.errno})")
+    return None
+
+
+def systemic_device_error(exc: BaseException) -> SystemicError | None:
+    """A SystemicError for a failure that leaves the device unusable, else None."""
+    text = str(exc)
+    if "out of memory" in text:
+        return None
+    if any(mark in text for mark in _DEVICE_FAILURES):
+        return SystemicError(f"device failure: {text.splitlines()[0] if text else exc!r}")
+    return None

@@ -19,7 +19,7 @@ from typing import Any
 
 import redis
 
-from visionq.protocol import JobKeys
+from visionq.protocol import JobKeys, cancelled_key
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Delivery:
     attempt: int
-    done: bool
+    done: bool  # delivered to the current sink already, or the job was cancelled
     poison: set[int] = field(default_factory=set)
 
 
@@ -35,6 +35,7 @@ class Ledger:
     def __init__(self, client: Any, job_id: str, ttl: int) -> None:
         self.client = client
         self.keys = JobKeys(job_id)
+        self.cancelled = cancelled_key(job_id)
         self.ttl = ttl
 
     def begin(self, chunk: int, *, careful_after: int) -> Delivery:
@@ -50,10 +51,16 @@ class Ledger:
         pipe = self.client.pipeline(transaction=False)
         pipe.hincrby(k.attempts, chunk, 1)
         pipe.expire(k.attempts, self.ttl)
-        pipe.sismember(k.done, chunk)
+        pipe.getbit(k.done, chunk)
+        pipe.exists(self.cancelled)
         pipe.hget(k.poison, chunk)
         pipe.hget(k.cursor, chunk)
-        attempt, _, done, poison_raw, cursor = pipe.execute()
+        # A delivery is activity: the job's keys expire only after a quiet period.
+        pipe.expire(k.meta, self.ttl)
+        pipe.expire(k.done, self.ttl)
+        attempt, _, done, cancelled, poison_raw, cursor, *_ = pipe.execute()
+        if cancelled:
+            return Delivery(int(attempt), True)
         poison = set(json.loads(poison_raw)) if poison_raw else set()
         if attempt > careful_after and cursor is not None:
             # The previous careful delivery died (or hung) on this image.

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from visionq.schema import ErrorType
-from workers.errors import ImageError
+from workers.errors import ImageError, systemic_os_error
 
 
 def rewrite(path: str, rewrites: Sequence[tuple[str, str]]) -> str:
@@ -92,6 +92,8 @@ class PathPolicy:
         except PermissionError:
             raise ImageError(ErrorType.PERMISSION_DENIED, f"permission denied: {raw}") from None
         except OSError as exc:
+            if (systemic := systemic_os_error(exc, raw)) is not None:
+                raise systemic from None
             raise ImageError(ErrorType.NOT_A_FILE, f"cannot open {raw}: {exc.strerror}") from None
         try:
             self._check_opened(fd, raw)

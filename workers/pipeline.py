@@ -2,7 +2,10 @@
 
 Images are decoded one by one and forwarded in micro-batches of ``batch_size``. A bad
 image becomes an error item and drops out of its batch; the rest of the batch is still
-classified. In careful mode (a chunk redelivered past ``max_attempts``) images run one
+classified. A failure that blames the host or the device (a dead mount, a broken CUDA
+context: :class:`~workers.errors.SystemicError`) fails the whole chunk instead, so it
+is retried, possibly elsewhere; once its attempts run out it becomes per-image
+``HostFailure`` errors. In careful mode (a chunk redelivered past ``max_attempts``) images run one
 at a time with the one in flight recorded, so a culprit can be singled out.
 """
 
@@ -18,7 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from visionq.schema import ErrorType, error_item, make_payload
 from workers import metrics
-from workers.errors import ImageError
+from workers.errors import ImageError, SystemicError, systemic_device_error, systemic_os_error
 from workers.ledger import Delivery, Ledger
 from workers.runtime import Runtime
 
@@ -34,6 +37,7 @@ def run_chunk(
     top_k: int,
     delivery: Delivery,
 ) -> dict[str, Any]:
+    began = time.perf_counter()
     careful = delivery.attempt > rt.settings.max_attempts
     items: list[list[Any] | None] = [None] * len(paths)
     pending: list[tuple[int, torch.Tensor, float]] = []
@@ -56,6 +60,11 @@ def run_chunk(
         except ImageError as exc:
             items[i] = error_item(path, exc.etype, exc.message, _ms(start))
             continue
+        except SystemicError as exc:
+            if not careful:
+                raise  # fail the chunk: it is retried, possibly on a healthy node
+            items[i] = error_item(path, exc.etype, _out_of_attempts(exc, delivery))
+            continue
         except SoftTimeLimitExceeded:
             # The chunk is out of time, not this image: fail the chunk so the producer
             # re-publishes it and, past max_attempts, the in-flight image is singled out.
@@ -64,6 +73,11 @@ def run_chunk(
             items[i] = error_item(path, ErrorType.UNSUPPORTED_IMAGE, "image too large to decode")
             continue
         except Exception as exc:  # one odd file must not fail its whole chunk
+            if (systemic := systemic_os_error(exc, path)) is not None:
+                if not careful:
+                    raise systemic from exc
+                items[i] = error_item(path, systemic.etype, _out_of_attempts(systemic, delivery))
+                continue
             log.exception("unexpected error preparing %s", path)
             items[i] = error_item(
                 path, ErrorType.UNSUPPORTED_IMAGE, f"{type(exc).__name__}: {exc}", _ms(start)
@@ -73,10 +87,10 @@ def run_chunk(
         metrics.observe_decode(decode_ms / 1000)
         pending.append((i, tensor, decode_ms))
         if len(pending) >= batch_size:
-            _forward(rt, pending, paths, items, top_k)
+            _forward(rt, pending, paths, items, top_k, delivery, careful)
             pending = []
     if pending:
-        _forward(rt, pending, paths, items, top_k)
+        _forward(rt, pending, paths, items, top_k, delivery, careful)
     if careful:
         ledger.finish(chunk)
     for item in items:
@@ -90,6 +104,7 @@ def run_chunk(
         weights=rt.weights_id,
         precision=rt.precision,
         attempt=delivery.attempt,
+        ms=_ms(began),
     )
 
 
@@ -99,20 +114,33 @@ def _forward(
     paths: Sequence[str],
     items: list[list[Any] | None],
     top_k: int,
+    delivery: Delivery,
+    careful: bool,
 ) -> None:
     start = time.perf_counter()
     try:
         tops = rt.classifier([t for _, t, _ in pending], top_k)
-    except RuntimeError as exc:  # e.g. CUDA out of memory: fail these images, keep serving
-        log.exception("forward pass failed for %d images", len(pending))
+    except RuntimeError as exc:
+        if (systemic := systemic_device_error(exc)) is not None:
+            log.error("device failure on %s: %s", rt.placement.device, exc)
+            if not careful:
+                raise systemic from exc
+            etype, message = systemic.etype, _out_of_attempts(systemic, delivery)
+        else:  # e.g. CUDA out of memory: fail these images, keep serving
+            log.exception("forward pass failed for %d images", len(pending))
+            etype, message = ErrorType.INFERENCE_ERROR, str(exc)
         for i, _, decode_ms in pending:
-            items[i] = error_item(paths[i], ErrorType.INFERENCE_ERROR, str(exc), decode_ms)
+            items[i] = error_item(paths[i], etype, message, decode_ms)
         return
     forward_ms = _ms(start)
     metrics.observe_batch(len(pending), forward_ms / 1000)
     per_image = forward_ms / len(pending)
     for (i, _, decode_ms), top in zip(pending, tops, strict=False):
         items[i] = [paths[i], top, None, None, round(decode_ms, 2), round(per_image, 2)]
+
+
+def _out_of_attempts(exc: SystemicError, delivery: Delivery) -> str:
+    return f"{exc.message}; the host or device failed on all {delivery.attempt} attempts"
 
 
 def _ms(start: float) -> float:

@@ -17,7 +17,7 @@ from PIL import Image, UnidentifiedImageError
 from torchvision.models import ResNet18_Weights
 
 from visionq.schema import ErrorType
-from workers.errors import ImageError
+from workers.errors import ImageError, systemic_os_error
 
 # Decoders we accept; anything else is refused before a plugin parses it.
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
@@ -58,6 +58,8 @@ class Preprocessor:
         except UnidentifiedImageError:
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{name} is not an image") from None
         except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            if (systemic := systemic_os_error(exc, name)) is not None:
+                raise systemic from None
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{name}: {exc}") from None
         except (ImageError, SoftTimeLimitExceeded):
             raise

@@ -6,25 +6,25 @@ restarted (or came up after the worker) learns the children again.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from typing import Any
 
 from visionq.protocol import worker_key
+from visionq.records import REFRESH_S, ChildRecord
 
 log = logging.getLogger(__name__)
 
-REFRESH_EVERY = 60.0  # seconds between re-registrations from the task path
+REFRESH_EVERY = REFRESH_S  # seconds between re-registrations from the task path
 
-_record: dict[str, Any] | None = None
+_record: ChildRecord | None = None
 _hostname = ""
 _ttl = 0
 _last = 0.0
 
 
-def register(client: Any, hostname: str, record: dict[str, Any], ttl: int) -> None:
+def register(client: Any, hostname: str, record: ChildRecord, ttl: int) -> None:
     global _record, _hostname, _ttl
     _record, _hostname, _ttl = record, hostname, ttl
     _write(client)
@@ -48,7 +48,8 @@ def _write(client: Any) -> None:
     try:
         key = worker_key(_hostname)
         pipe = client.pipeline(transaction=False)
-        pipe.hset(key, str(os.getpid()), json.dumps(_record))
+        _record.seen = time.time()
+        pipe.hset(key, str(os.getpid()), _record.to_json())
         pipe.expire(key, _ttl)
         pipe.execute()
     except Exception:  # status is a convenience; never fail a warm child over it

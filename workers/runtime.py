@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from visionq.records import ChildRecord
 from visionq.settings import Settings
 from workers import model, precision
 from workers.device import Placement, default_batch_size, place
@@ -34,17 +35,18 @@ class Runtime:
     weights_id: str
     load_ms: float
 
-    def describe(self) -> dict[str, object]:
-        return {
-            "pid": os.getpid(),
-            "device": self.placement.device,
-            "threads": self.placement.threads,
-            "weights": self.weights_id,
-            "precision": self.precision,
-            "batch_size": self.batch_size,
-            "load_ms": round(self.load_ms, 1),
-            "warm": True,
-        }
+    def record(self, index: int) -> ChildRecord:
+        """This child's registry record (also the content of its ready line)."""
+        return ChildRecord(
+            pid=os.getpid(),
+            index=index,
+            device=self.placement.device,
+            threads=self.placement.threads,
+            weights=self.weights_id,
+            precision=self.precision,
+            batch_size=self.batch_size,
+            load_ms=round(self.load_ms, 1),
+        )
 
 
 _current: Runtime | None = None

@@ -20,6 +20,7 @@ from celery.signals import (
 )
 from kombu.utils.url import maybe_sanitize_url
 
+from visionq.records import ready_line
 from workers import app, metrics, registry, settings
 
 log = logging.getLogger(__name__)
@@ -77,17 +78,10 @@ def _on_child_init(**_: Any) -> None:
         log.critical("visionq child cannot start: %s", exc)
         os.kill(os.getppid(), signal.SIGTERM)
         raise
-    info = rt.describe()
+    record = rt.record(index)
     metrics.child_started(rt.placement.device, rt.load_ms / 1000)
-    log.info(
-        "visionq child ready pid=%d index=%d device=%s threads=%d weights=%s "
-        "precision=%s batch=%d load_ms=%.0f",
-        os.getpid(), index, info["device"], info["threads"], info["weights"],
-        info["precision"], info["batch_size"], info["load_ms"],
-    )  # fmt: skip
-    registry.register(
-        app.backend.client, rt.hostname, {"index": index, **info}, settings.result_expires
-    )
+    log.info("%s", ready_line(record))
+    registry.register(app.backend.client, rt.hostname, record, settings.result_expires)
 
 
 @worker_process_shutdown.connect

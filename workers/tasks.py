@@ -27,9 +27,9 @@ def classify(
     ledger = Ledger(self.backend.client, job_id, rt.settings.result_expires)
     delivery = ledger.begin(chunk, careful_after=rt.settings.max_attempts)
     if delivery.done:
-        # A redelivery of a chunk the producer already wrote. Ignore acks the message
-        # and stores no result, so no stray result key is left behind for it.
-        log.info("job %s chunk %d already collected; skipping a duplicate", job_id, chunk)
+        # A redelivery of a chunk the producer already wrote, or of a cancelled job.
+        # Ignore acks the message and stores no result, so no stray key is left.
+        log.info("job %s chunk %d already collected or cancelled; skipping", job_id, chunk)
         raise Ignore()
     return pipeline.run_chunk(
         rt, ledger, chunk=chunk, paths=paths, top_k=int(top_k), delivery=delivery

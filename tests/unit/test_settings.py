@@ -9,7 +9,7 @@ def test_defaults_and_derived_backend():
     s = Settings.from_env({})
     assert s.broker_url == "redis://localhost:6379/0"
     assert s.backend_url == "redis://localhost:6379/1"
-    assert s.effective_chunk_size == 16
+    assert s.chunk_size == 0  # self-sizing
     assert s.device == "auto" and s.weights == "imagenet" and s.precision == "fp32"
 
 

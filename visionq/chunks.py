@@ -1,0 +1,49 @@
+"""The chunk entry: which paths chunk ``i`` of a job holds, and how to check it.
+
+A chunk entry crosses three boundaries: the producer's local manifest, the task
+message a worker receives, and the payload a worker returns. Its checksum is computed
+one way, here, so the collector can prove that a payload answers exactly the paths of
+the chunk it claims to be, whatever was lost or re-published in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+
+def checksum(paths: Iterable[str]) -> str:
+    """16 hex digits identifying an ordered list of paths.
+
+    ``surrogatepass`` encodes every Python str, including the lone surrogates that
+    stand for file-name bytes that are not UTF-8, so no name can break the sum.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    for p in paths:
+        h.update(p.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")  # names cannot hold NUL on POSIX; it keeps "ab","c" != "a","bc"
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ChunkEntry:
+    """Chunk ``chunk`` of job ``job``: ``paths`` starting at job position ``start``."""
+
+    job: str
+    chunk: int
+    start: int
+    paths: tuple[str, ...]
+    sum: str
+
+    @classmethod
+    def build(cls, job: str, chunk: int, start: int, paths: Sequence[str]) -> ChunkEntry:
+        return cls(job, chunk, start, tuple(paths), checksum(paths))
+
+    def task_args(self, top_k: int) -> tuple[str, int, list[str], int]:
+        """Positional arguments of the ``visionq.classify`` task."""
+        return (self.job, self.chunk, list(self.paths), top_k)
+
+    def matches(self, paths: Sequence[str]) -> bool:
+        """True when ``paths`` (say, a payload's) are exactly this chunk's, in order."""
+        return len(paths) == len(self.paths) and checksum(paths) == self.sum
