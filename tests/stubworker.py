@@ -20,6 +20,7 @@ from visionq import protocol
 from visionq.schema import make_payload
 
 Payload = dict[str, Any]
+Answer = Callable[[str, int, list[str]], tuple[str, Any]]
 
 
 def label_of(path: str) -> str:
@@ -59,8 +60,7 @@ class StubWorker:
         self.backend.set(key, meta, ex=3600)
         self.backend.publish(key, meta)
 
-    def serve(self, n: int = 1_000_000,
-              answer: Callable[[str, int, list[str]], tuple[str, Any]] | None = None) -> int:  # fmt: skip
+    def serve(self, n: int = 1_000_000, answer: Answer | None = None) -> int:
         """Answer up to ``n`` queued tasks; ``answer`` may replace the normal result."""
         done = 0
         while done < n and (task := self.pop()) is not None:

@@ -159,9 +159,8 @@ def test_a_second_collector_is_refused(client, stub, clean_redis, tmp_path):
     it = job.iter_chunks(timeout=30)
     with Serving(stub):
         next(it)  # the first collector holds the lease now
-        with Client(settings=_settings(clean_redis, tmp_path)) as other:
-            with pytest.raises(JobBusy):
-                next(other.job(job.id).iter_chunks(timeout=5))
+        with Client(settings=_settings(clean_redis, tmp_path)) as other, pytest.raises(JobBusy):
+            next(other.job(job.id).iter_chunks(timeout=5))
         rest = list(it)
     assert 1 + len(rest) == 5
 
