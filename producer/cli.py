@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -270,15 +271,23 @@ def _collect(
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     paths = _paths(args)
+    job_id = args.resume or uuid.uuid4().hex
     with Client(settings=settings) as client:
         since = time.monotonic()
+        if not args.quiet:
+            print(f"job {job_id}: reading inputs", file=sys.stderr)
         try:
             job = client.submit(
                 paths, top_k=args.top_k, chunk_size=args.chunk_size, queue=args.queue,
-                job_id=args.resume, resume=bool(args.resume), wait=not args.no_wait,
+                job_id=job_id, resume=bool(args.resume), wait=not args.no_wait,
             )  # fmt: skip
         except JobNotFound as exc:
             raise UsageError(str(exc)) from None
+        except KeyboardInterrupt:
+            print(f"visionq: job {job_id} was not fully submitted; finish it with the same "
+                  f"inputs and --resume {job_id}, or `visionq cancel {job_id}`",
+                  file=sys.stderr)  # fmt: skip
+            raise
         if args.no_wait:
             print(job.id)
             return EXIT_OK

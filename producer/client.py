@@ -333,7 +333,7 @@ class Job:
             JobBusy: another collector holds the job.
             IncompleteJob: ``timeout`` ran out first.
         """
-        return Collector(self.client, self.manifest, timeout=timeout, have=set(skip)).run()
+        return Collector(self.client, self.manifest, timeout=timeout).run(skip)
 
     def collect(
         self,
@@ -349,11 +349,14 @@ class Job:
         and only what is missing is appended; without it the file starts empty. A file
         that is damaged or not this job's output is refused and left untouched.
         """
-        with open_writer(out, fresh=not resume) as writer:
-            have = writer.recover(self.manifest.chunk_len, self.id) if resume else set()
-            summary = self.deliver(
-                writer.write_chunk, timeout=timeout, on_chunk=on_chunk, skip=have
-            )
+        collector = Collector(self.client, self.manifest, timeout=timeout)
+        collector.acquire()  # before the file is touched: a second collector changes nothing
+        try:
+            with open_writer(out, fresh=not resume) as writer:
+                have = writer.recover(self.manifest.chunk_len, self.id) if resume else set()
+                summary = self._deliver(collector.run(have), writer.write_chunk, on_chunk)
+        finally:
+            collector.release()
         summary.resumed = sum(self.manifest.chunk_len(c) for c in have)
         return summary
 
@@ -370,10 +373,18 @@ class Job:
         A chunk counts as delivered once ``sink`` returns, so a sink that raises keeps
         that chunk's result in Redis for the next collection.
         """
+        return self._deliver(self.iter_chunks(timeout=timeout, skip=skip), sink, on_chunk)
+
+    def _deliver(
+        self,
+        chunks: Iterator[tuple[int, list[Record]]],
+        sink: Callable[[list[Record]], None],
+        on_chunk: Callable[[list[Record]], None] | None,
+    ) -> Summary:
         start = time.monotonic()
         summary = Summary(images=len(self))
         try:
-            for _, records in self.iter_chunks(timeout=timeout, skip=skip):
+            for _, records in chunks:
                 sink(records)
                 summary.add(records)
                 if on_chunk:

@@ -158,13 +158,12 @@ def publish_ahead(client: Client, manifest: LocalManifest, *, all_chunks: bool) 
 class Collector:
     """Owns job delivery; :meth:`run` yields ``(chunk, records)`` as chunks finish.
 
-    ``have`` are chunks the sink already holds. A chunk counts as delivered, and its
-    result is deleted from Redis, once the caller asks for the next one.
+    A chunk counts as delivered, and its result is deleted from Redis, once the caller
+    asks for the next one. Call :meth:`acquire` before touching the sink, so a second
+    collector is refused before it changes anything.
     """
 
-    def __init__(
-        self, client: Client, manifest: LocalManifest, *, timeout: float | None, have: set[int]
-    ) -> None:
+    def __init__(self, client: Client, manifest: LocalManifest, *, timeout: float | None) -> None:
         self.client = client
         self.settings = client.settings
         self.redis = client.redis
@@ -173,7 +172,7 @@ class Collector:
         self.store = JobStore(client.redis, self.job_id, self.settings.result_expires)
         self.sizer = _sizer(client, manifest)
         self.publisher = Publisher(client, manifest, self.store, self.sizer)
-        self.have = set(have)
+        self.have: set[int] = set()
         self.deadline = time.monotonic() + timeout if timeout else None
         self.delivered = Bits()
         self.inflight: set[int] = set()
@@ -190,8 +189,14 @@ class Collector:
 
     # -- the loop ---------------------------------------------------------------------
 
-    def run(self) -> Iterator[tuple[int, list[Record]]]:
+    def acquire(self) -> None:
+        """Take the job's lease, or raise JobBusy naming who holds it."""
         self.store.acquire()
+
+    def run(self, have: Iterable[int] = ()) -> Iterator[tuple[int, list[Record]]]:
+        """Deliver every chunk except ``have`` (those the sink already holds)."""
+        self.store.acquire()
+        self.have = set(have)
         try:
             self._attach()
             next_sweep = 0.0
@@ -219,8 +224,12 @@ class Collector:
         finally:
             self._close_pubsub()
             self.manifest.sync()
-            with contextlib.suppress(*REDIS_ERRORS):
-                self.store.release()
+            self.release()
+
+    def release(self) -> None:
+        """Give the lease back (a no-op when another collector holds it)."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            self.store.release()
 
     def _finished(self) -> bool:
         return not self.inflight and not self.todo and not self.owed and not self.manifest.remaining

@@ -4,8 +4,9 @@ The manifest is the job's source of truth, so its size never lands in memory or 
 Redis. It lives in ``<state dir>/jobs/<job>/``:
 
 * ``meta.json``: options, state and counts, replaced atomically;
-* ``paths``: one JSON string per line (ASCII-escaped, so newlines and bytes that are
-  not UTF-8 in a name round-trip), written once while the job is submitted;
+* ``paths``: one path per line, written once while the job is submitted: as its bytes
+  (a non-UTF-8 name's original bytes included), or as a JSON string when the name
+  holds a line break or starts with a quote, so every name round-trips;
 * ``index``: one fixed-size record per chunk cut so far (byte offset, first position,
   count, checksum), so chunk ``i`` is addressable by ``i`` and verifiable.
 
@@ -82,7 +83,7 @@ class LocalManifest:
             batch: list[str] = []
             try:
                 for path in it:
-                    batch.append(json.dumps(path) + "\n")
+                    batch.append(path)
                     if len(batch) >= 4096:
                         count += self._append(fh, batch)
             finally:
@@ -95,7 +96,7 @@ class LocalManifest:
     def _append(self, fh: Any, batch: list[str]) -> int:
         n = len(batch)
         if n:
-            fh.write("".join(batch).encode("ascii"))
+            fh.write(b"".join(encode_line(p) for p in batch))
             batch.clear()
             self.meta()["images"] += n
             if time.monotonic() - self._last_sync > _SYNC_EVERY_S:
@@ -161,7 +162,7 @@ class LocalManifest:
     def iter_paths(self) -> Iterator[str]:
         with open(self.paths_path, "rb") as fh:
             for line in fh:
-                yield json.loads(line)
+                yield decode_line(line)
 
     # -- chunks ---------------------------------------------------------------------
 
@@ -215,7 +216,7 @@ class LocalManifest:
         for _ in range(min(size, self.remaining)):
             line = self._reader.readline()
             nbytes += len(line)
-            paths.append(json.loads(line))
+            paths.append(decode_line(line))
         entry = ChunkEntry.build(self.job_id, self._n_cut, self._cut_paths, paths)
         self._index.write(
             _INDEX.pack(self._cut_offset, entry.start, len(paths), bytes.fromhex(entry.sum))
@@ -234,7 +235,7 @@ class LocalManifest:
         offset, start, count, digest = self._record(i)
         with open(self.paths_path, "rb") as fh:
             fh.seek(offset)
-            paths = tuple(json.loads(fh.readline()) for _ in range(count))
+            paths = tuple(decode_line(fh.readline()) for _ in range(count))
         entry = ChunkEntry(self.job_id, i, start, paths, digest.hex())
         if checksum(paths) != entry.sum:
             raise ManifestMismatch(f"job {self.job_id}: chunk {i} does not match its checksum")
@@ -262,6 +263,23 @@ class LocalManifest:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.meta_path)
+
+
+def encode_line(path: str) -> bytes:
+    """One manifest line for ``path``: its bytes, or JSON when bytes would not do."""
+    if "\n" not in path and "\r" not in path and not path.startswith('"'):
+        try:
+            return path.encode("utf-8", "surrogateescape") + b"\n"
+        except UnicodeEncodeError:  # a surrogate that is no escaped byte
+            pass
+    return json.dumps(path).encode("ascii") + b"\n"
+
+
+def decode_line(line: bytes) -> str:
+    """The path that :func:`encode_line` wrote."""
+    if line.startswith(b'"'):
+        return json.loads(line)
+    return line.rstrip(b"\n").decode("utf-8", "surrogateescape")
 
 
 def prune(state_dir: str, older_than_s: float) -> int:

@@ -19,11 +19,10 @@ def checksum(paths: Iterable[str]) -> str:
     ``surrogatepass`` encodes every Python str, including the lone surrogates that
     stand for file-name bytes that are not UTF-8, so no name can break the sum.
     """
-    h = hashlib.blake2b(digest_size=8)
-    for p in paths:
-        h.update(p.encode("utf-8", "surrogatepass"))
-        h.update(b"\0")  # names cannot hold NUL on POSIX; it keeps "ab","c" != "a","bc"
-    return h.hexdigest()
+    # Names cannot hold NUL on POSIX, so joining on it keeps ("ab", "c") != ("a", "bc");
+    # one join and one encode keep this cheap for chunks of thousands of paths.
+    text = "\0".join(paths) + "\0"
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -2,10 +2,11 @@
 
 Put this folder on a worker's PYTHONPATH and set ``VISIONQ_FAULTS=1``: Python imports
 this module at start-up in the prefork parent and, through the fork, every pool child.
-It wraps ``PIL.Image.open`` so that opening a file whose real name contains
+It wraps ``PIL.Image.open`` and ``os.open`` so that opening a file whose name contains
 
-* ``POISON`` SIGKILLs the calling process (a decoder crash: the child dies), and
-* ``HANG`` sleeps for an hour (a decoder stuck in a loop: only time limits end it).
+* ``POISON`` SIGKILLs the calling process (a decoder crash: the child dies);
+* ``HANG`` sleeps for an hour (a decoder stuck in a loop: only time limits end it);
+* ``EIOMNT`` fails to open with EIO while the file VISIONQ_FAULT_EIO_FLAG names exists.
 
 The worker itself stays the unmodified ``celery -A workers worker -P prefork``.
 """
@@ -42,3 +43,18 @@ if os.environ.get("VISIONQ_FAULTS") == "1":
         return _real_open(fp, *args, **kwargs)
 
     Image.open = _faulty_open
+
+    # A mount that fails: while the file named by VISIONQ_FAULT_EIO_FLAG exists, opening
+    # any path with EIOMNT in it fails with EIO, as a dead NFS or FUSE mount does.
+    _eio_flag = os.environ.get("VISIONQ_FAULT_EIO_FLAG")
+    if _eio_flag:
+        import errno
+
+        _real_os_open = os.open
+
+        def _eio_open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: Any = None) -> int:
+            if "EIOMNT" in os.fsdecode(path) and os.path.exists(_eio_flag):
+                raise OSError(errno.EIO, os.strerror(errno.EIO), os.fsdecode(path))
+            return _real_os_open(path, flags, mode, dir_fd=dir_fd)
+
+        os.open = _eio_open

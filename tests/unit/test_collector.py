@@ -7,6 +7,7 @@ a cancel. Every test checks that each input comes out exactly once.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import Counter
@@ -228,3 +229,15 @@ def test_keys_are_refreshed_while_active(clean_redis, stub, tmp_path):
         # The job ran longer than its 4 s expiry, and its keys never lapsed.
         assert len(ttls) == 4 and min(ttls) > 0
         assert 0 < db.ttl(meta_key) <= 4  # then it expires after a quiet period
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["/a/plain.jpg", "/a/new\nline.jpg", '/a/"quoted".jpg', "/a/comma,x.jpg",
+     "/a/" + os.fsdecode(b"caf\xe9.jpg"), '"/odd start', "/a/back\\slash.jpg", "/a/\r.jpg"],
+)  # fmt: skip
+def test_manifest_lines_round_trip_every_name(name):
+    from producer.manifest import decode_line, encode_line
+
+    assert decode_line(encode_line(name)) == name
+    assert encode_line(name).count(b"\n") == 1
