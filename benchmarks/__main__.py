@@ -77,16 +77,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--results", type=Path, default=RESULTS_PATH, help="raw figures (JSON) of the run"
     )
     parser.add_argument(
-        "--sweep", type=_ints, default=None, help="visionq fp32 chunk sizes (default 8,16,32,128)"
+        "--sweep",
+        type=_ints,
+        default=None,
+        help="visionq fp32 chunk sizes; 0 is self-sizing, the default (default 0,16,128)",
     )
     parser.add_argument(
-        "--scale-paths", type=int, default=None, help="missing-path job size (default 100000)"
+        "--scale-paths",
+        type=_ints,
+        default=None,
+        help="missing-path job sizes (default 1000000,10000000)",
     )
     parser.add_argument(
         "--scale-chunks",
         type=_ints,
-        default=[1000, 256],
-        help="chunk sizes for the missing-path job",
+        default=[0],
+        help="chunk sizes for the missing-path jobs; 0 is self-sizing (default 0)",
     )
     parser.add_argument(
         "--hang-timeout",
@@ -102,8 +108,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     args.images = args.images or (64 if args.quick else 1000)
-    args.sweep = args.sweep or ([8, 16] if args.quick else [8, 16, 32, 128])
-    args.scale_paths = args.scale_paths or (10_000 if args.quick else 100_000)
+    args.sweep = args.sweep or ([0, 16] if args.quick else [0, 16, 128])
+    args.scale_paths = args.scale_paths or ([10_000] if args.quick else [1_000_000, 10_000_000])
     args.hang_timeout = args.hang_timeout or (20.0 if args.quick else 75.0)
     return args
 

@@ -15,18 +15,26 @@ from pathlib import Path
 
 from benchmarks.redis_server import RedisServer, private_redis
 from benchmarks.results import Row, error_row
-from benchmarks.visionq_cli import environment, submit, worker
+from benchmarks.visionq_cli import chunk_label, environment, submit, worker
 
 log = logging.getLogger(__name__)
 
 SAMPLE_EVERY_S = 0.1
 _SUMMARY = re.compile(r" in ([0-9.]+) s, [0-9.,]+ img/s")
-TIMEOUT_S = 420.0
+# The slowest job allowed: 10M paths at a fifth of the target rate.
+TIMEOUT_S = 1000.0
 
 
 def write_missing_manifest(count: int, target: Path) -> Path:
-    if not target.exists() or sum(1 for _ in target.open()) != count:
-        target.write_text("".join(f"/nonexistent/bench/img_{i:06d}.jpg\n" for i in range(count)))
+    """``count`` paths that do not exist, one per line (written once, then reused)."""
+    done = target.with_suffix(".complete")
+    if not done.exists():
+        with target.open("w") as fh:
+            for start in range(0, count, 100_000):
+                stop = min(count, start + 100_000)
+                fh.write("".join(f"/nonexistent/bench/img_{i:08d}.jpg\n"
+                                 for i in range(start, stop)))  # fmt: skip
+        done.touch()
     return target
 
 
@@ -64,7 +72,25 @@ class _MemorySampler:
         self._thread.join(timeout=5)
 
 
+def _label(count: int) -> str:
+    if count % 1_000_000 == 0:
+        return f"{count // 1_000_000}M"
+    return f"{count // 1000}k" if count % 1000 == 0 else str(count)
+
+
 def run(
+    counts: Sequence[int],
+    chunk_sizes: Sequence[int],
+    weights: Path,
+    workdir: Path,
+    emit: Callable[[Row], None],
+) -> None:
+    """One row per (job size, chunk size); chunk 0 is the default (self-sized chunks)."""
+    for count in counts:
+        _run_one(count, chunk_sizes, weights, workdir, emit)
+
+
+def _run_one(
     count: int,
     chunk_sizes: Sequence[int],
     weights: Path,
@@ -72,14 +98,14 @@ def run(
     emit: Callable[[Row], None],
 ) -> None:
     manifest = write_missing_manifest(count, workdir / f"missing-{count}.txt")
-    label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
+    label = _label(count)
     try:
         with tempfile.TemporaryDirectory(prefix="bench-state-") as state, private_redis() as server:
             env = environment(server, weights, "fp32", Path(state))
             with worker(env, workdir / "worker-scale.log"):
                 results_db = server.client(1)
                 for chunk in chunk_sizes:
-                    name = f"{label} missing paths, chunk {chunk}"
+                    name = f"{label} missing paths, {chunk_label(chunk)}"
                     try:
                         keys_before = int(results_db.dbsize())
                         with _MemorySampler(server) as mem:
@@ -87,7 +113,7 @@ def run(
                             sub = submit(
                                 env,
                                 manifest,
-                                workdir / f"scale-chunk{chunk}.jsonl",
+                                workdir / f"scale-{label}-chunk{chunk}.jsonl",
                                 chunk,
                                 TIMEOUT_S,
                             )
@@ -117,6 +143,7 @@ def run(
                                 "redis_before_mb": round(before * mb, 2),
                                 "redis_peak_mb": round(mem.peak * mb, 2),
                                 "redis_after_mb": round(after * mb, 2),
+                                "redis_growth_mb": round((mem.peak - before) * mb, 2),
                                 "results_db_keys_after": keys_after,
                                 "results_db_keys_added": keys_after - keys_before,
                                 "broker_db_keys_after": int(server.client(0).dbsize()),

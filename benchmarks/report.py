@@ -102,7 +102,8 @@ def _scale(rows: list[Row]) -> list[str]:
             [r.name, f"{f.get('paths_per_s', 0):,}", f"{r.seconds:.1f}" if r.seconds else "-",
              f.get("producer_reported_s") or "-",
              f.get("producer_peak_rss_mb"),
-             f"{f.get('redis_before_mb')} / {f.get('redis_peak_mb')} / {f.get('redis_after_mb')}",
+             f"{f.get('redis_before_mb')} / {f.get('redis_peak_mb')} / {f.get('redis_after_mb')}"
+             + (f" (peak +{f['redis_growth_mb']})" if "redis_growth_mb" in f else ""),
              f"{f.get('results_db_keys_after')} (+{f.get('results_db_keys_added')}); "
              f"broker {f.get('broker_db_keys_after')}",
              r.note]

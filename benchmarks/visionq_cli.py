@@ -153,13 +153,18 @@ def submit(
     timeout: float,
     top_k: int = 5,
 ) -> Submitted:
-    """Time ``visionq submit`` from launch to exit and count the records it wrote."""
+    """Time ``visionq submit`` from launch to exit and count the records it wrote.
+
+    ``chunk_size`` 0 leaves the size to visionq (self-sizing chunks, the default).
+    """
     _, visionq = require_tools()
     out.unlink(missing_ok=True)
     cmd = [
         visionq, "submit", "--from-file", str(manifest), "--out", str(out),
-        "--top-k", str(top_k), "--chunk-size", str(chunk_size),
+        "--top-k", str(top_k),
     ]  # fmt: skip
+    if chunk_size:
+        cmd += ["--chunk-size", str(chunk_size)]
     log_path = out.with_suffix(".log")
     try:
         finished = run_measured(cmd, env=env, log_path=log_path, timeout=timeout)
@@ -173,6 +178,11 @@ def submit(
     if finished.returncode != 0 and records == 0:
         raise RuntimeError(f"visionq submit exited {finished.returncode}: {tail}")
     return Submitted(finished, records, ok, tail)
+
+
+def chunk_label(chunk_size: int) -> str:
+    """How a row names its chunk size: 0 is visionq's own choice."""
+    return f"chunk {chunk_size}" if chunk_size else "self-sized chunks"
 
 
 def count_records(out: Path) -> tuple[int, int]:

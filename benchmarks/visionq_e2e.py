@@ -16,6 +16,7 @@ from benchmarks.results import Row, error_row
 from benchmarks.visionq_cli import (
     CONCURRENCY,
     busy_seconds,
+    chunk_label,
     environment,
     read_topk,
     submit,
@@ -73,7 +74,7 @@ def run(
                     )
                     for chunk in chunks:
                         out = workdir / f"visionq-{precision}-chunk{chunk}.jsonl"
-                        name = f"visionq {precision}, chunk {chunk}"
+                        name = f"visionq {precision}, {chunk_label(chunk)}"
                         try:
                             sub = submit(env, manifest, out, chunk, _timeout(len(paths)))
                         except Exception as exc:  # one failed run must not end the sweep

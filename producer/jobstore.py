@@ -80,12 +80,22 @@ class JobStore:
         """Become the job's only collector, or raise JobBusy naming the holder."""
         if self.redis.set(self.keys.owner, self.token, nx=True, px=LEASE_MS):
             return
-        holder = self.redis.get(self.keys.owner)
-        if holder is not None and holder.decode() == self.token:
+        raw = self.redis.get(self.keys.owner)
+        holder = raw.decode() if raw is not None else ""
+        if holder == self.token:
+            return
+        # A collector on this host that was killed: its lease would only make the user
+        # wait out its TTL. Take it over, unless someone else just did (GET in the SET).
+        if (
+            holder
+            and _dead_here(holder)
+            and self.redis.set(self.keys.owner, self.token, xx=True, px=LEASE_MS, get=True) == raw
+        ):
             return
         raise JobBusy(
-            f"job {self.job_id} is being collected by {holder.decode() if holder else '?'} "
-            f"(host:pid); wait for it to finish, or stop it and collect again"
+            f"job {self.job_id} is being collected by {holder or '?'} (host:pid); wait for "
+            f"it to finish, or stop it (a collector that died frees the job within "
+            f"{LEASE_MS // 1000} s)"
         )
 
     def renew(self) -> bool:
@@ -142,6 +152,21 @@ class JobStore:
         for keys in _batched(self.redis.scan_iter(protocol.result_pattern(self.job_id), 1000)):
             self.redis.delete(*keys)
         return drop_queued(broker, queue, self.job_id) if broker is not None and queue else 0
+
+
+def _dead_here(holder: str) -> bool:
+    """True when ``holder`` (host:pid:nonce) is a process of this host that is gone."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def drop_queued(broker: redis.Redis, queue: str, job_id: str) -> int:

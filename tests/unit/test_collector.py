@@ -8,6 +8,7 @@ a cancel. Every test checks that each input comes out exactly once.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 from collections import Counter
@@ -241,3 +242,19 @@ def test_manifest_lines_round_trip_every_name(name):
 
     assert decode_line(encode_line(name)) == name
     assert encode_line(name).count(b"\n") == 1
+
+
+def test_a_dead_collector_on_this_host_does_not_hold_the_job(client, stub):
+    import subprocess
+    import sys
+
+    from producer.jobstore import JobStore
+
+    job = client.submit(paths(30), chunk_size=10)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store = JobStore(client.redis, job.id, 60)
+    store.token = f"{socket.gethostname()}:{dead.pid}:x"  # as if that process had it
+    store.acquire()
+    with Serving(stub):
+        assert len(list(job.results(timeout=30))) == 30
