@@ -460,6 +460,8 @@ class Collector:
         self.stall_wait = self.settings.stall_timeout
 
     def _complete(self) -> None:
+        if self.store.cancelled():  # cancelled after the last housekeeping: say so
+            raise JobCancelled(f"job {self.job_id} was cancelled")
         fields = {"state": protocol.COMPLETE, "finished": time.time(),
                   "chunks": self.manifest.n_cut}  # fmt: skip
         self.manifest.update(**fields)

@@ -176,7 +176,8 @@ class LocalManifest:
         self._index.truncate(whole)
         self._n_cut = whole // _INDEX.size
         if self._n_cut:
-            offset, start, count, _ = self._record(self._n_cut - 1)
+            raw = os.pread(self._index.fileno(), _INDEX.size, whole - _INDEX.size)
+            offset, start, count, _ = _INDEX.unpack(raw)
             self._cut_paths = start + count
             self._cut_offset = offset + self._byte_len(offset, count)
         self._index.seek(whole)
@@ -187,9 +188,8 @@ class LocalManifest:
             return sum(len(fh.readline()) for _ in range(count))
 
     def _record(self, i: int) -> tuple[int, int, int, bytes]:
-        with open(self.index_path, "rb") as fh:
-            fh.seek(i * _INDEX.size)
-            raw = fh.read(_INDEX.size)
+        self._load_index()
+        raw = os.pread(self._index.fileno(), _INDEX.size, i * _INDEX.size) if i >= 0 else b""
         if len(raw) != _INDEX.size:
             raise IndexError(f"job {self.job_id} has no chunk {i}")
         return _INDEX.unpack(raw)

@@ -64,7 +64,9 @@ class StubWorker:
         """Answer up to ``n`` queued tasks; ``answer`` may replace the normal result."""
         done = 0
         while done < n and (task := self.pop()) is not None:
-            tid, _job, chunk, paths, _k = task
+            tid, job, chunk, paths, _k = task
+            if self.backend.exists(protocol.cancelled_key(job)):
+                continue  # as the real worker's ledger does
             status, result = (answer or (lambda t, c, p: ("SUCCESS", self.payload(c, p))))(
                 tid, chunk, paths
             )
