@@ -42,6 +42,10 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSE
 _SWEEP_EVERY = 2.0  # seconds between MGET sweeps, lease renewals and restart checks
 _FLEET_EVERY = 5.0  # seconds between registry reads
 _MGET_BATCH = 500
+# A failed chunk waits before it is published again, doubling per failure: a mount or a
+# node that is down for a few seconds must not burn every attempt in a few milliseconds.
+_RETRY_BASE_S = 1.0
+_RETRY_MAX_S = 30.0
 
 Record = dict[str, Any]
 
@@ -178,6 +182,7 @@ class Collector:
         self.inflight: set[int] = set()
         self.todo: deque[int] = deque()  # cut, not in this sink, not in flight: publish
         self.owed: set[int] = set()  # to re-publish once Redis takes them
+        self.not_before: dict[int, float] = {}  # failed chunks backing off
         self.retries: Counter[int] = Counter()
         self.pubsub: Any = None
         self.run_id: str | None = manifest.meta().get("run_id")
@@ -205,6 +210,7 @@ class Collector:
                 ready: list[tuple[int, list[Record]]] = []
                 try:
                     self._refill()
+                    self._flush_owed()
                     messages = self._listen(0.25)
                     if time.monotonic() >= next_sweep:
                         messages += self._sweep()
@@ -411,18 +417,26 @@ class Collector:
                 self.manifest.entry(chunk).paths, self.job_id, chunk, ErrorType.CHUNK_FAILED,
                 f"chunk failed {limit} times; last error: {reason}",
             )  # fmt: skip
-        log.warning("chunk %d failed (%s); re-publishing", chunk, reason)
+        delay = min(_RETRY_MAX_S, _RETRY_BASE_S * 2 ** (self.retries[chunk] - 1))
+        log.warning("chunk %d failed (%s); re-publishing in %.0f s", chunk, reason, delay)
         self.inflight.add(chunk)
         self.owed.add(chunk)
-        self._flush_owed()
+        self.not_before[chunk] = time.monotonic() + delay
         return None
 
     def _flush_owed(self) -> None:
-        """Publish the owed chunks; what is not published stays owed."""
+        """Publish the owed chunks that are due; what is not published stays owed."""
         if not self.owed:
             return
-        entries = [self.manifest.entry(c) for c in sorted(self.owed)]
-        self.owed -= set(self.publisher.publish(entries))
+        now = time.monotonic()
+        due = sorted(c for c in self.owed if self.not_before.get(c, 0.0) <= now)
+        if not due:
+            return
+        entries = [self.manifest.entry(c) for c in due]
+        sent = set(self.publisher.publish(entries))
+        self.owed -= sent
+        for c in sent:
+            self.not_before.pop(c, None)
 
     def _check_restart(self) -> None:
         run_id = self.client.server_id()

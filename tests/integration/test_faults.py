@@ -202,7 +202,7 @@ def _check_done_chunks_are_skipped(target: RedisTarget, tmp_path: Path, paths: l
 
     job_id = "dup" + "0" * 29
     db = target.client()
-    db.sadd(protocol.JobKeys(job_id).done, 0)  # as if chunk 0 had been collected
+    db.setbit(protocol.JobKeys(job_id).done, 0, 1)  # as if chunk 0 had been collected
     settings = Settings(broker_url=target.broker_url, result_backend=target.backend_url,
                         state_dir=str(tmp_path / "state"))  # fmt: skip
     with Client(settings=settings) as client:
