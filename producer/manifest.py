@@ -46,7 +46,10 @@ class Manifest:
         self._pipe = self.redis.pipeline(transaction=False)
 
     def append(self, paths: list[str]) -> None:
-        line = json.dumps(paths, ensure_ascii=False)
+        # A name that is not UTF-8 holds lone surrogates, which redis-py cannot encode
+        # (the whole pipeline then fails, after its tasks were published): write them
+        # as JSON escapes (\udcXX), which json.loads turns back into the same str.
+        line = json.dumps(paths, ensure_ascii=False).encode("utf-8", "backslashreplace").decode()
         self._local.write(line + "\n")
         self._pipe.rpush(self.keys.chunks, line)
         self._pending += 1
