@@ -359,3 +359,22 @@ def test_lock_is_held_across_processes(tmp_path):
         )
         rc = subprocess.run([sys.executable, "-c", code, path], timeout=60).returncode
     assert rc == 7
+
+
+def test_stray_quote_running_to_the_end_is_damage_not_a_tear(tmp_path):
+    # One-record chunks without line breaks in any field: after a stray quote, the
+    # quote parity stays odd to the end of the file, so the rest reads as one record
+    # torn at the end. It hides whole records of the job: refused, not cut.
+    path = str(tmp_path / "r.csv")
+    with open_writer(path) as w:
+        for c in range(6):
+            w.write_chunk(_records(c, 1))
+    before = Path(path).read_bytes()
+    at = before.index(b"/img/2-0.jpg")
+    damaged = before[:at] + b'"' + before[at:]
+    Path(path).write_bytes(damaged)
+    w = open_writer(path)
+    with pytest.raises(OutputDamaged, match="is not the start of a visionq record"):
+        w.recover(lambda c: 1, "job")
+    w.close()
+    assert Path(path).read_bytes() == damaged
