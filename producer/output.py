@@ -133,6 +133,8 @@ class ResultWriter:
     # -- writing --------------------------------------------------------------
 
     def encode(self, records: Sequence[dict[str, Any]]) -> bytes:
+        """The bytes :meth:`write_chunk` appends for ``records`` (with the CSV header
+        if the file is empty)."""
         text = "".join(self.format(r) + self.terminator for r in records)
         if self.header and self._empty:
             text = self.header + self.terminator + text
@@ -472,7 +474,7 @@ def check_fresh(path: str) -> None:
     if not _is_regular(path):
         return
     with open(path, "rb") as fh:
-        _lock(fh, path)  # released with the file: only asks whether it is free
+        _lock(fh, path, probe=True)  # released with the file: only asks whether it is free
         if os.fstat(fh.fileno()).st_size:
             _writer_class(path).probe(path)._refuse_foreign()
 
@@ -481,7 +483,8 @@ def _writer_class(path: str) -> type[ResultWriter]:
     return CsvWriter if path.lower().endswith(".csv") else JsonlWriter
 
 
-def _lock(fh: IO[bytes], path: str) -> None:
+def _lock(fh: IO[bytes], path: str, *, probe: bool = False) -> None:
+    """Take the exclusive lock that makes this process the file's one writer."""
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -490,10 +493,13 @@ def _lock(fh: IO[bytes], path: str) -> None:
             "still running); wait for it to end, or write to another file"
         ) from None
     except OSError as exc:
-        # Some network file systems have no locks; writing on is better than refusing.
-        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+        # Some network file systems have no locks (and NFS emulates flock with fcntl
+        # locks, which refuse an exclusive lock on a read-only probe): writing on is
+        # better than refusing.
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL, errno.EBADF):
             raise
-        log.warning("%s: cannot lock (%s); make sure no other collector writes it", path, exc)
+        if not probe:
+            log.warning("%s: cannot lock (%s); make sure no other process writes it", path, exc)
 
 
 def _fsync_dir(folder: str) -> None:
