@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import sys
@@ -10,6 +11,10 @@ from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 log = logging.getLogger(__name__)
+
+# Entries of one folder sorted by name before the rest streams unsorted: bounds the
+# memory a walk holds (a DirEntry is ~200 bytes) on folders of millions of files.
+SORT_LIMIT = 32768
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".jpe"}
@@ -21,7 +26,11 @@ def is_image_name(name: str) -> bool:
 
 
 def walk(folder: str, *, recursive: bool) -> Iterator[str]:
-    """Image files in ``folder`` in a stable (sorted) order; subfolders if ``recursive``.
+    """Image files in ``folder`` in a stable order; subfolders if ``recursive``.
+
+    The order is sorted by name within each folder (for folders of more than
+    SORT_LIMIT entries, only the first SORT_LIMIT read), a folder's files before its
+    subfolders.
 
     Each file is yielded once, however many ways lead to it (symlinks, hard links, a
     folder linked twice), and symlink loops end: see :class:`_Walk`.
@@ -60,18 +69,27 @@ class _Walk:
             st = os.stat(folder)
             if not self._first(self.folders, st):
                 return  # reached again through a symlink or a loop
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            scan = os.scandir(folder)
         except OSError as exc:
             log.warning("cannot read folder %s: %s", folder, exc)
             return
-        for entry in entries:
+        with scan:
             try:
-                if entry.is_dir():  # follows symlinks: linked folders are walked too
-                    subdirs.append(entry.path)
-                elif is_image_name(entry.name) and self._new_file(entry):
-                    yield entry.path
-            except OSError:
-                continue
+                # Sorted, so a job's order is stable; but a folder of millions of files
+                # must not be held in memory, so past SORT_LIMIT entries the rest
+                # streams in directory order (also stable while the folder is unchanged).
+                head = sorted(itertools.islice(scan, SORT_LIMIT), key=lambda e: e.name)
+                for entry in itertools.chain(head, scan):
+                    try:
+                        if entry.is_dir():  # follows symlinks: linked folders are walked
+                            subdirs.append(entry.path)
+                        elif is_image_name(entry.name) and self._new_file(entry):
+                            yield entry.path
+                    except OSError:
+                        continue
+            except OSError as exc:
+                log.warning("cannot read all of folder %s: %s", folder, exc)
+        subdirs.sort()
 
     def _new_file(self, entry: os.DirEntry[str]) -> bool:
         if entry.is_symlink():

@@ -184,3 +184,17 @@ def test_file_symlink_before_or_after_its_target_counts_once(tmp_path, link_name
     paths = list(expand([str(root)], recursive=True))
     assert len(paths) == 2, paths
     assert len({os.path.realpath(p) for p in paths}) == 2
+
+
+def test_huge_folder_streams_past_the_sort_limit(tmp_path, monkeypatch):
+    import producer.inputs
+
+    monkeypatch.setattr(producer.inputs, "SORT_LIMIT", 4)
+    names = [f"{i:02d}.jpg" for i in range(11)]
+    for n in names:
+        (tmp_path / n).write_bytes(b"x")
+    (tmp_path / "z-sub").mkdir()
+    (tmp_path / "z-sub" / "deep.jpg").write_bytes(b"x")
+    paths = list(expand([str(tmp_path)], recursive=True))
+    assert sorted(paths[:-1]) == [str(tmp_path / n) for n in names]
+    assert paths[-1] == str(tmp_path / "z-sub" / "deep.jpg")
