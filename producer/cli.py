@@ -5,7 +5,8 @@ Exit codes (documented in the README):
   1  results still missing when --timeout ran out, the job was cancelled meanwhile,
      or no worker answered (status)
   2  usage error: bad flags, no input, unknown or unsealed job, a job another
-     collector holds, an output file that is damaged or not this job's
+     collector holds; an --out file that is locked, damaged, foreign or another
+     job's (left untouched)
   3  Redis unreachable, or the embedded Redis/worker of `visionq run` failed
   4  every image has a result, but some failed because the host or the device failed
      on every attempt (HostFailure, ChunkFailed): worth re-running elsewhere
@@ -38,8 +39,9 @@ from producer.errors import (
     JobNotFound,
     JobNotSealed,
     ManifestMismatch,
-    OutputMismatch,
+    OutputRefused,
 )
+from producer.output import check_fresh
 from visionq import __version__
 from visionq.schema import dumps
 from visionq.settings import PRECISION_CHOICES, Settings, SettingsError
@@ -163,8 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _paths(args: argparse.Namespace) -> Iterator[str]:
     sources: list[Any] = [args.paths]
     if args.from_file:
-        fh = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")  # noqa: SIM115
-        sources.append(inputs.read_lines(fh))
+        sources.append(inputs.read_lines(inputs.open_list(args.from_file)))
     paths = inputs.expand(itertools.chain.from_iterable(sources), recursive=args.recursive)
     first = next(paths, None)
     if first is None:
@@ -272,6 +273,8 @@ def _collect(
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     paths = _paths(args)
     job_id = args.resume or uuid.uuid4().hex
+    if args.out and not args.no_wait:
+        check_fresh(args.out)  # refuse a foreign or busy --out before publishing
     with Client(settings=settings) as client:
         since = time.monotonic()
         if not args.quiet:
@@ -341,6 +344,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from producer.embedded import LocalWorker, RedisServer
 
     paths = _paths(args)
+    check_fresh(args.out)
     children = args.workers or (2 if (os.cpu_count() or 1) > 1 else 1)
     with tempfile.TemporaryDirectory(prefix="visionq-run-") as tmp, RedisServer() as server:
         env = {
@@ -398,11 +402,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top-k and --chunk-size must be at least 1")
         settings = Settings.from_env()
         return VERBS[args.verb](args, settings)
-    except (
-        UsageError, SettingsError, FileNotFoundError, OutputMismatch, JobBusy, JobNotSealed,
-        ManifestMismatch,
-    ) as exc:  # fmt: skip
+    except (UsageError, SettingsError, FileNotFoundError) as exc:
         parser.error(str(exc))
+    except (OutputRefused, JobBusy, JobNotSealed, ManifestMismatch) as exc:
+        # Nothing was changed; say why, without a usage dump.
+        print(f"visionq: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except (BackendUnavailable, EmbeddedError) as exc:
         print(f"visionq: {exc}", file=sys.stderr)
         return EXIT_UNAVAILABLE

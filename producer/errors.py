@@ -23,8 +23,25 @@ class IncompleteJob(ProducerError):
         self.missing = missing
 
 
-class OutputMismatch(ProducerError):
+class OutputRefused(ProducerError):
+    """The output file cannot be written safely; it was left byte-for-byte untouched."""
+
+
+class OutputMismatch(OutputRefused):
     """The output file to resume holds another job's results."""
+
+
+class OutputDamaged(OutputRefused):
+    """The output file holds visionq records with damage that a crash cannot leave
+    (a bad line before the end, a short or repeated chunk before the last one)."""
+
+
+class OutputForeign(OutputRefused):
+    """The output file is not empty and is not visionq output in the expected format."""
+
+
+class OutputLocked(OutputRefused):
+    """Another writer (a second ``collect`` or ``submit``) holds the output file."""
 
 
 class EmbeddedError(ProducerError):
