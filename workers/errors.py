@@ -33,3 +33,17 @@ class SystemicError(WorkerError):
         super().__init__(message)
         self.etype = etype
         self.message = message
+
+
+class SourceUnavailable(ImageError):
+    """A URL could not be fetched after retries: timeouts, 5xx, refused connections.
+
+    ``endpoint_down`` is true when its endpoint answered nothing at all (not even an
+    error status) from this image's first failure to its last retry: the endpoint is
+    down, not the image.
+    """
+
+    def __init__(self, etype: str, message: str, *, endpoint: str, endpoint_down: bool) -> None:
+        super().__init__(etype, message)
+        self.endpoint = endpoint
+        self.endpoint_down = endpoint_down

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from visionq.schema import ErrorType
+from visionq.urls import is_url
 from workers.errors import ImageError
 
 
@@ -31,7 +32,11 @@ def within(real: str, roots: Sequence[str]) -> bool:
 
 
 class PathPolicy:
-    """Where a worker may read, and how big a file may be."""
+    """Where a worker may read, and how big a file may be.
+
+    ``roots`` may mix folders and URL prefixes; URL inputs are checked against
+    ``url_roots`` by ``workers.sources``.
+    """
 
     def __init__(
         self,
@@ -40,7 +45,10 @@ class PathPolicy:
         rewrites: Sequence[tuple[str, str]] = (),
         max_bytes: int,
     ) -> None:
-        self.roots = tuple(os.path.realpath(r) for r in roots)
+        # Any root at all restricts local paths, even when every root is a URL prefix.
+        self.restricted = bool(roots)
+        self.roots = tuple(os.path.realpath(r) for r in roots if not is_url(r))
+        self.url_roots = tuple(r for r in roots if is_url(r))
         self.rewrites = tuple(rewrites)
         self.max_bytes = max_bytes
 
@@ -54,7 +62,7 @@ class PathPolicy:
         if not os.path.isabs(path):
             raise ImageError(ErrorType.INVALID_PATH, f"path is not absolute: {path}")
         real = os.path.realpath(path)
-        if self.roots and not within(real, self.roots):
+        if self.restricted and not within(real, self.roots):
             raise ImageError(
                 ErrorType.PATH_NOT_ALLOWED,
                 f"{path} resolves outside VISIONQ_ALLOWED_ROOTS",
@@ -69,7 +77,7 @@ class PathPolicy:
         component). The kernel's name for the open descriptor closes that gap. The
         file was opened non-blocking and is closed unread if it fails.
         """
-        if not self.roots:
+        if not self.restricted:
             return
         try:
             actual = os.readlink(f"/proc/self/fd/{fd}")

@@ -17,8 +17,8 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from visionq.schema import ErrorType, error_item, make_payload
-from workers import metrics
-from workers.errors import ImageError
+from workers import metrics, sources
+from workers.errors import ImageError, SystemicError
 from workers.ledger import Delivery, Ledger
 from workers.runtime import Runtime
 
@@ -38,6 +38,8 @@ def run_chunk(
     items: list[list[Any] | None] = [None] * len(paths)
     pending: list[tuple[int, torch.Tensor, float]] = []
     batch_size = 1 if careful else rt.batch_size
+    # URLs start downloading now, ahead of decode and forward; local files open in turn.
+    reader = sources.Reader(rt.policy, rt.settings, paths, skip=delivery.poison)
 
     for i, path in enumerate(paths):
         if i in delivery.poison:
@@ -51,7 +53,7 @@ def run_chunk(
             ledger.mark_in_flight(chunk, i)
         start = time.perf_counter()
         try:
-            with rt.policy.open(path) as fh:
+            with reader.open(i) as fh:
                 tensor = rt.preprocess(fh, path)
         except ImageError as exc:
             items[i] = error_item(path, exc.etype, exc.message, _ms(start))
@@ -59,6 +61,12 @@ def run_chunk(
         except SoftTimeLimitExceeded:
             # The chunk is out of time, not this image: fail the chunk so the producer
             # re-publishes it and, past max_attempts, the in-flight image is singled out.
+            raise
+        except SystemicError:
+            # The store or host is down, not this image: fail the chunk so it is retried,
+            # and do not let the careful-mode cursor brand the image in flight as poison.
+            if careful:
+                ledger.finish(chunk)
             raise
         except MemoryError:
             items[i] = error_item(path, ErrorType.UNSUPPORTED_IMAGE, "image too large to decode")
