@@ -28,6 +28,7 @@ from producer.errors import (
     BackendUnavailable,
     EmbeddedError,
     IncompleteJob,
+    InputError,
     JobNotFound,
     OutputMismatch,
 )
@@ -340,7 +341,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top-k and --chunk-size must be at least 1")
         settings = Settings.from_env()
         return VERBS[args.verb](args, settings)
-    except (UsageError, SettingsError, FileNotFoundError, OutputMismatch) as exc:
+    except (UsageError, SettingsError, FileNotFoundError, OutputMismatch, InputError) as exc:
         parser.error(str(exc))
     except (BackendUnavailable, EmbeddedError) as exc:
         print(f"visionq: {exc}", file=sys.stderr)

@@ -29,3 +29,7 @@ class OutputMismatch(ProducerError):
 
 class EmbeddedError(ProducerError):
     """The embedded Redis or worker of ``visionq run`` failed."""
+
+
+class InputError(ProducerError):
+    """An input cannot be expanded: a prefix that cannot be listed, a missing extra."""

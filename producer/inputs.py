@@ -6,6 +6,9 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
+from producer import remote
+from visionq.urls import is_url
+
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".jpe"}
 )
@@ -36,12 +39,15 @@ def walk(folder: str, *, recursive: bool) -> Iterator[str]:
 
 
 def expand(paths: Iterable[str], *, recursive: bool = False) -> Iterator[str]:
-    """Absolute paths; folders expand to their image files.
+    """Absolute paths and URLs; folders and prefixes expand to their image files.
 
     Anything that is not a folder passes through, even if missing, so that it gets an
     error result rather than vanishing from the job.
     """
     for raw in paths:
+        if is_url(raw):  # passed through as given; object-store prefixes are listed
+            yield from remote.expand_url(raw, recursive=recursive)
+            continue
         path = os.path.abspath(os.path.expanduser(raw))
         if os.path.isdir(path):
             yield from walk(path, recursive=recursive)
