@@ -59,13 +59,19 @@ class _Handler(BaseHTTPRequestHandler):
         if not file.resolve().is_relative_to(site.root.resolve()) or not file.is_file():
             self._reply(404, b"not found", {}, body)
             return
-        self._reply(200, file.read_bytes(), {"Content-Type": "image/jpeg"}, body)
+        self._reply(200, file.read_bytes(), {}, body, sized=path not in site.unsized)
 
-    def _reply(self, code: int, data: bytes, headers: dict[str, str], body: bool) -> None:
+    def _reply(
+        self, code: int, data: bytes, headers: dict[str, str], body: bool, sized: bool = True
+    ) -> None:
         self.send_response(code)
         for k, v in headers.items():
             self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
+        if sized:
+            self.send_header("Content-Length", str(len(data)))
+        else:  # the body ends when the connection closes: its size is unknown upfront
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
         if body:
             self.wfile.write(data)
@@ -86,6 +92,7 @@ class HTTPSite:
         self.port = port or free_port()
         self.statuses: dict[str, int] = {}
         self.redirects: dict[str, str] = {}
+        self.unsized: set[str] = set()  # paths served without Content-Length
         self.down = False
         self.requests = 0
         self._server: _Server | None = None

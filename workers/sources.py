@@ -193,23 +193,23 @@ class RemoteSource:
                 raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{url} is empty")
         buf = bytearray()
         peeked = False
-        while True:
-            want = PEEK if not peeked else BLOCK
-            if size is not None:
-                want = max(want, size - len(buf)) if size <= 4 * BLOCK else want
-                ticket.take(min(want, max(0, size - len(buf))))
+        while size is None or len(buf) < size:
+            if size is None:
+                want = BLOCK if peeked else PEEK
+            elif peeked or size <= 4 * BLOCK:
+                want = size - len(buf)  # the rest in one ranged read
+            else:
+                want = PEEK - len(buf)  # the header first, so a bomb costs 64 KiB
+            # Bytes are taken from the chunk's budget before they are read.
+            ticket.take(len(buf) + want - ticket.held)
             block = f.read(want)
             if not block:
                 break
-            if size is None:
-                ticket.take(len(block))
             buf += block
             self._check_size(url, len(buf))
-            if not peeked and (len(buf) >= PEEK or (size is not None and len(buf) >= size)):
+            if not peeked and (len(buf) >= PEEK or len(buf) == size):
                 peeked = True
                 self._check_pixels(url, bytes(buf[:PEEK]))
-            if size is not None and len(buf) >= size:
-                break
         if not buf:
             raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{url} is empty")
         return bytes(buf)
