@@ -140,10 +140,10 @@ class RemoteSource:
             self._last_answer[ep] = time.monotonic()
 
     def _http(self, url: str, ticket: Ticket) -> bytes:
+        fs = self.filesystem("http")  # first: a missing extra is UnsupportedSource
         from fsspec.asyn import sync
         from fsspec.implementations.http import HTTPStreamFile
 
-        fs = self.filesystem("http")
         session = sync(fs.loop, fs.set_session)
         target = url
         for _hop in range(MAX_REDIRECTS + 1):

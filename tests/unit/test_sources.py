@@ -119,3 +119,13 @@ def test_local_paths_still_go_through_the_path_policy(tmp_path):
     r = _reader(tmp_path, [str(tmp_path / "a.jpg")])
     assert r.open(0).read() == b"local"
     assert isinstance(r.open(0), io.BufferedReader)
+
+
+def test_a_worker_without_the_http_extra_names_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    monkeypatch.setattr(sources, "_remote", None)
+    r = _reader(Path("."), ["https://cdn.example.com/a.jpg"])
+    with pytest.raises(ImageError) as err:
+        r.open(0)
+    assert err.value.etype == ErrorType.UNSUPPORTED_SOURCE
+    assert 'pip install "visionq[http]"' in err.value.message
