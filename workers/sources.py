@@ -78,7 +78,10 @@ class RemoteSource:
     def check(self, url: str) -> str:
         """The URL's scheme if this worker may fetch it, else ImageError. No I/O."""
         scheme = urls.scheme(url) or ""
-        if "::" in url or scheme in REFUSED:
+        parts = urlsplit(url)
+        # fsspec chains filesystems with '::'; an IPv6 host ([::1]) is not a chain.
+        chained = "::" in parts.path or ("::" in parts.netloc and "[" not in parts.netloc)
+        if chained or scheme in REFUSED:
             raise ImageError(
                 ErrorType.UNSUPPORTED_SOURCE,
                 f"{url}: {scheme}:// inputs are not read by workers; give a path or a remote URL",

@@ -129,3 +129,21 @@ def test_a_worker_without_the_http_extra_names_it(monkeypatch):
         r.open(0)
     assert err.value.etype == ErrorType.UNSUPPORTED_SOURCE
     assert 'pip install "visionq[http]"' in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("url", "etype"),
+    [
+        ("file:///etc/hostname", ErrorType.UNSUPPORTED_SOURCE),
+        ("memory://x/a.jpg", ErrorType.UNSUPPORTED_SOURCE),
+        ("zip://a.jpg::s3://b/x.zip", ErrorType.UNSUPPORTED_SOURCE),
+        ("s3://b/a.jpg::file:///etc/hostname", ErrorType.UNSUPPORTED_SOURCE),
+        ("https://user:pw@cdn.example.com/a.jpg", ErrorType.INVALID_PATH),
+        ("https://cdn.example.com/x/../a.jpg", ErrorType.INVALID_PATH),
+    ],
+)
+def test_urls_refused_before_any_request(url, etype):
+    source = sources.RemoteSource(PathPolicy(max_bytes=10), Settings())
+    with pytest.raises(ImageError) as err:
+        source.check(url)
+    assert err.value.etype == etype

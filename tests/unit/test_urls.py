@@ -54,6 +54,11 @@ def test_within_roots(url, inside):
     assert within_roots(url, roots) is inside
 
 
+def test_ipv6_roots():
+    assert within_roots("http://[::1]:8080/img/a.jpg", ("http://[::1]:8080/img/",))
+    assert not within_roots("http://[::1]:8081/img/a.jpg", ("http://[::1]:8080/img/",))
+
+
 def test_is_url():
     assert is_url("s3://b/k") and is_url("https://h/x") and is_url("gs://b/k")
     assert not is_url("/data/a.jpg") and not is_url("relative/a.jpg") and not is_url("C:\\x")
