@@ -147,3 +147,13 @@ def test_urls_refused_before_any_request(url, etype):
     with pytest.raises(ImageError) as err:
         source.check(url)
     assert err.value.etype == etype
+
+
+def test_a_server_that_never_answers_is_down_after_retries(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"late")
+    with HTTPSite(tmp_path, latency=2.0) as site:
+        r = _reader(tmp_path, [site.url("a.jpg")], fetch_timeout=0.2)
+        start = time.monotonic()
+        with pytest.raises(SystemicError, match="unreachable"):
+            r.open(0)
+        assert time.monotonic() - start < 1.9, "the timeout did not cut the request short"
