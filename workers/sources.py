@@ -354,6 +354,7 @@ def _status(e: BaseException) -> int | None:
 
 _remote: RemoteSource | None = None
 _pool: ThreadPoolExecutor | None = None
+_last_reader: Reader | None = None
 
 
 def _child_state(policy: PathPolicy, settings: Settings) -> tuple[RemoteSource, ThreadPoolExecutor]:
@@ -385,6 +386,12 @@ class Reader:
         self._ahead: Any = None
         self._remote: RemoteSource | None = None
         if items:
+            global _last_reader
+            # A child runs one chunk at a time: a reader still open here was abandoned
+            # (time limit, SystemicError); stop its fetches so no thread waits on it.
+            if _last_reader is not None:
+                _last_reader.close()
+            _last_reader = self
             remote, pool = _child_state(policy, settings)
             self._remote = remote
             window = 2 * max(1, settings.fetch_concurrency)
@@ -408,9 +415,12 @@ class Reader:
             raise result
         return io.BytesIO(result)
 
+    def close(self) -> None:
+        """Cancel queued fetches and wake those waiting for bytes."""
+        if self._ahead is not None:
+            self._ahead.close()
+
     def _watch(self, url: str, result: bytes | ImageError) -> None:
         if isinstance(result, SourceUnavailable) and result.endpoint_down:
-            # Cancel what is still queued for a chunk that is about to fail.
-            if self._ahead is not None:
-                self._ahead.close()
+            self.close()  # the chunk is about to fail: stop fetching for it
             raise SystemicError(f"{result.endpoint} is unreachable: {result.message}")

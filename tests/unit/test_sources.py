@@ -157,3 +157,27 @@ def test_a_server_that_never_answers_is_down_after_retries(tmp_path):
         with pytest.raises(SystemicError, match="unreachable"):
             r.open(0)
         assert time.monotonic() - start < 1.9, "the timeout did not cut the request short"
+
+
+def test_an_abandoned_chunk_releases_its_fetch_threads(tmp_path, monkeypatch):
+    # A chunk that stops half way (time limit, failure) must not leave pool threads
+    # waiting for budget forever: the child's next chunk closes it.
+    monkeypatch.setattr(sources, "_pool", None)  # this child's pool: 2 threads
+    for i in range(6):
+        (tmp_path / f"{i}.jpg").write_bytes(b"x" * 1000)
+    got: list[int] = []
+    with HTTPSite(tmp_path) as site:
+        paths = [site.url(f"{i}.jpg") for i in range(6)]
+        small = {"fetch_ahead_bytes": 1500, "fetch_concurrency": 2}
+        first = _reader(tmp_path, paths, **small)
+        assert first.open(0).read() == b"x" * 1000  # then abandoned
+        time.sleep(0.3)  # its fetches 1 and 2 now wait for bytes that never come back
+
+        def second_chunk() -> None:
+            second = _reader(tmp_path, paths, **small)
+            got.extend(len(second.open(i).read()) for i in range(6))
+
+        t = threading.Thread(target=second_chunk, daemon=True)
+        t.start()
+        t.join(10)
+    assert got == [1000] * 6, "the next chunk found no free fetch thread"
