@@ -82,6 +82,10 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     site: HTTPSite
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients hang up mid-body on purpose (size limits, cancelled fetches).
+        pass
+
 
 class HTTPSite:
     """Files under ``root`` served at ``http://127.0.0.1:<port>/<relative path>``."""
