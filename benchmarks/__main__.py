@@ -19,6 +19,7 @@ from benchmarks import (
     corpus,
     machine,
     queue_scale,
+    remote_http,
     report,
     results,
     visionq_e2e,
@@ -38,8 +39,8 @@ from benchmarks.results import Row
 
 log = logging.getLogger("benchmarks")
 
-GROUPS = ("pool", "starting", "visionq", "scale", "coldstart")
-VISIONQ_GROUPS = ("visionq", "scale", "coldstart")
+GROUPS = ("pool", "starting", "visionq", "scale", "coldstart", "remote")
+VISIONQ_GROUPS = ("visionq", "scale", "coldstart", "remote")
 
 
 def _ints(text: str) -> list[int]:
@@ -178,6 +179,7 @@ def main(argv: list[str]) -> int:
             args.scale_paths, args.scale_chunks, weights, workdir, emit
         ),
         "coldstart": lambda: coldstart.run(paths[0], weights, workdir, emit),
+        "remote": lambda: remote_http.run(paths, weights, workdir, emit),
     }
     for group in wanted:
         steps[group]()

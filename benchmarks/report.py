@@ -17,7 +17,7 @@ from benchmarks.targets import evaluate, reference_rate
 
 log = logging.getLogger(__name__)
 
-THROUGHPUT_GROUPS = ("baseline", "visionq")
+THROUGHPUT_GROUPS = ("baseline", "visionq", "remote")
 MARK = {True: "pass", False: "**FAIL**", None: "not measured"}
 
 
@@ -192,6 +192,10 @@ ABOUT = """\
   2 children x the wall time: what is missing from 100% is time the children spent waiting on
   the queue, Redis or the producer. The int8 row is the opt-in `VISIONQ_PRECISION=int8`
   (static x86 quantization), calibrated on 64 other crops of the same photos, never measured.
+- **remote**: the same warm fp32 worker on the same corpus twice, at the default chunk size: from
+  local paths, then as URLs from a loopback HTTP server that waits 50 ms before each answer.
+  Each pool child fetches ahead of its decoder (`VISIONQ_FETCH_CONCURRENCY`), so the latency
+  should hide behind the forward pass.
 - **missing-path job**: a manifest of paths that do not exist, so no image is decoded and no model
   runs: what remains is the queue's own cost per path, the producer's memory and what a finished
   job leaves in Redis.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmarks import remote_http
 from benchmarks.baselines import pool_name
 from benchmarks.results import Row
 from benchmarks.visionq_cli import chunk_label
@@ -16,6 +17,7 @@ PATHS_PER_S = 50_000
 REDIS_GROWTH_MB = 64
 PRODUCER_RSS_MB = 300
 RESULT_KEYS = 10
+HTTP_RATIO = 0.9
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,21 @@ def evaluate(rows: list[Row]) -> list[Verdict]:
     agree = row.figures.get("top1_agree_pct") if row and row.status == "ok" else None
     if isinstance(agree, int | float):
         verdicts.append(Verdict(target, f"{agree:.1f}%", agree >= BF16_TOP1_PCT))
+    else:
+        verdicts.append(Verdict(target, "not measured", None))
+
+    target = f"{remote_http.HTTP} >= {HTTP_RATIO}x the same images from local disk"
+    local = _find(rows, "remote", remote_http.LOCAL)
+    http = _find(rows, "remote", remote_http.HTTP)
+    if local and http and local.rate and http.rate:
+        ratio = http.rate / local.rate
+        verdicts.append(
+            Verdict(
+                target,
+                f"{ratio:.2f}x ({http.rate:.1f} vs {local.rate:.1f} img/s)",
+                ratio >= HTTP_RATIO,
+            )
+        )
     else:
         verdicts.append(Verdict(target, "not measured", None))
 

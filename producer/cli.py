@@ -34,6 +34,7 @@ from producer.errors import (
     BackendUnavailable,
     EmbeddedError,
     IncompleteJob,
+    InputError,
     JobBusy,
     JobCancelled,
     JobNotFound,
@@ -402,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top-k and --chunk-size must be at least 1")
         settings = Settings.from_env()
         return VERBS[args.verb](args, settings)
-    except (UsageError, SettingsError, FileNotFoundError) as exc:
+    except (UsageError, SettingsError, FileNotFoundError, InputError) as exc:
         parser.error(str(exc))
     except (OutputRefused, JobBusy, JobNotSealed, ManifestMismatch) as exc:
         # Nothing was changed; say why, without a usage dump.

@@ -62,3 +62,7 @@ class JobBusy(ProducerError):
 
 class JobCancelled(ProducerError):
     """The job was cancelled (``visionq cancel``) while it was being collected."""
+
+
+class InputError(ProducerError):
+    """An input cannot be expanded: a prefix that cannot be listed, a missing extra."""

@@ -10,6 +10,9 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import TextIO
 
+from producer import remote
+from visionq.urls import is_url
+
 log = logging.getLogger(__name__)
 
 # Entries of one folder sorted by name before the rest streams unsorted: bounds the
@@ -119,7 +122,7 @@ class _Walk:
 
 
 def expand(paths: Iterable[str], *, recursive: bool = False) -> Iterator[str]:
-    """Absolute paths; folders expand to their image files.
+    """Absolute paths and URLs; folders and prefixes expand to their image files.
 
     Anything that is not a folder passes through, even if missing, so that it gets an
     error result rather than vanishing from the job. Files found in folders are
@@ -127,6 +130,9 @@ def expand(paths: Iterable[str], *, recursive: bool = False) -> Iterator[str]:
     """
     seen = _Walk()
     for raw in paths:
+        if is_url(raw):  # passed through as given; object-store prefixes are listed
+            yield from remote.expand_url(raw, recursive=recursive)
+            continue
         path = os.path.abspath(os.path.expanduser(raw))
         if os.path.isdir(path):
             yield from seen.walk(path, recursive=recursive)

@@ -42,6 +42,8 @@ class ErrorType:
     INFERENCE_ERROR = "InferenceError"
     CHUNK_FAILED = "ChunkFailed"  # the chunk failed more often than the producer retries
     HOST_FAILURE = "HostFailure"  # storage or device broken on every attempt (EIO, CUDA)
+    FETCH_FAILED = "FetchFailed"  # URL: timeouts, 5xx or refused connections after retries
+    UNSUPPORTED_SOURCE = "UnsupportedSource"  # URL scheme refused, or its extra not installed
 
 
 class TopK(TypedDict):

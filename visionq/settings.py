@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from visionq.urls import split_roots
+
 PREFIX = "VISIONQ_"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -70,7 +72,8 @@ class Settings:
         3, "Deliveries of a chunk before it is processed image by image to isolate a culprit."
     )
     allowed_roots: str = _env_field(
-        "", "Folders (os.pathsep separated) the worker may read; empty allows any path."
+        "",
+        "Folders and URL prefixes (os.pathsep separated) the worker may read; empty allows any.",
     )
     path_map: str = _env_field(
         "", "Prefix rewrites 'FROM=TO' separated by ';', for hosts mounting files elsewhere."
@@ -94,6 +97,18 @@ class Settings:
     state_dir: str = _env_field(
         "", "Where the producer keeps local job manifests; empty means ~/.local/state/visionq."
     )
+    fetch_concurrency: int = _env_field(
+        8, "URL fetches in flight per pool child, ahead of its decoder and model."
+    )
+    fetch_ahead_bytes: int = _env_field(
+        64 * 1024 * 1024, "Bytes of fetched, not yet decoded images one pool child may hold."
+    )
+    fetch_timeout: float = _env_field(
+        30.0, "Seconds to connect, and between bytes of a body, before a fetch is retried."
+    )
+    fetch_retries: int = _env_field(
+        3, "Retries (with backoff) of a fetch that timed out, failed to connect or got a 5xx."
+    )
     metrics_port: int = _env_field(0, "Port of the worker's Prometheus endpoint; 0 is off.")
     log_level: str = _env_field("INFO", "Log level of visionq's own loggers.")
 
@@ -111,7 +126,7 @@ class Settings:
 
     @property
     def roots(self) -> tuple[str, ...]:
-        return tuple(p for p in self.allowed_roots.split(os.pathsep) if p)
+        return split_roots(self.allowed_roots)
 
     @property
     def path_rewrites(self) -> tuple[tuple[str, str], ...]:
@@ -163,7 +178,7 @@ class Settings:
             )
         for name in (
             "visibility_timeout", "task_time_limit", "max_attempts", "result_expires",
-            "chunk_seconds",
+            "chunk_seconds", "fetch_concurrency", "fetch_ahead_bytes", "fetch_timeout",
         ):  # fmt: skip
             if getattr(self, name) <= 0:
                 raise SettingsError(f"VISIONQ_{name.upper()} must be positive")

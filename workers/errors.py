@@ -37,6 +37,20 @@ class SystemicError(WorkerError):
         self.message = message
 
 
+class SourceUnavailable(ImageError):
+    """A URL could not be fetched after retries: timeouts, 5xx, refused connections.
+
+    ``endpoint_down`` is true when its endpoint answered nothing at all (not even an
+    error status) from this image's first failure to its last retry: the endpoint is
+    down, not the image.
+    """
+
+    def __init__(self, etype: str, message: str, *, endpoint: str, endpoint_down: bool) -> None:
+        super().__init__(etype, message)
+        self.endpoint = endpoint
+        self.endpoint_down = endpoint_down
+
+
 # errnos that say the storage or the network under it is broken, not the file: a
 # missing or dead mount (NFS ESTALE, FUSE ENOTCONN), a failing disk (EIO).
 SYSTEMIC_ERRNOS = frozenset(

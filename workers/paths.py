@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 from visionq.schema import ErrorType
+from visionq.urls import is_url
 from workers.errors import ImageError, systemic_os_error
 
 
@@ -31,7 +32,11 @@ def within(real: str, roots: Sequence[str]) -> bool:
 
 
 class PathPolicy:
-    """Where a worker may read, and how big a file may be."""
+    """Where a worker may read, and how big a file may be.
+
+    ``roots`` may mix folders and URL prefixes; URL inputs are checked against
+    ``url_roots`` by ``workers.sources``.
+    """
 
     def __init__(
         self,
@@ -40,7 +45,10 @@ class PathPolicy:
         rewrites: Sequence[tuple[str, str]] = (),
         max_bytes: int,
     ) -> None:
-        self.roots = tuple(os.path.realpath(r) for r in roots)
+        # Any root at all restricts local paths, even when every root is a URL prefix.
+        self.restricted = bool(roots)
+        self.roots = tuple(os.path.realpath(r) for r in roots if not is_url(r))
+        self.url_roots = tuple(r for r in roots if is_url(r))
         self.rewrites = tuple(rewrites)
         self.max_bytes = max_bytes
 
@@ -53,7 +61,7 @@ class PathPolicy:
         path = rewrite(raw, self.rewrites)
         if not os.path.isabs(path):
             raise ImageError(ErrorType.INVALID_PATH, f"path is not absolute: {path}")
-        if not self.roots:
+        if not self.restricted:
             # No containment to check, so the kernel may follow links itself: resolving
             # in Python first would cost more than the open (jobs of millions of paths).
             return path
@@ -73,7 +81,7 @@ class PathPolicy:
         component). The kernel's name for the open descriptor closes that gap. The
         file was opened non-blocking and is closed unread if it fails.
         """
-        if not self.roots:
+        if not self.restricted:
             return
         try:
             actual = os.readlink(f"/proc/self/fd/{fd}")
@@ -88,7 +96,7 @@ class PathPolicy:
     def open(self, raw: object) -> BinaryIO:
         real = self.resolve(raw)
         # With roots, ``real`` is fully resolved: a symlink appearing there now is a swap.
-        nofollow = os.O_NOFOLLOW if self.roots else 0
+        nofollow = os.O_NOFOLLOW if self.restricted else 0
         try:
             fd = os.open(real, os.O_RDONLY | nofollow | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:

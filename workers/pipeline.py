@@ -20,7 +20,7 @@ import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from visionq.schema import ErrorType, error_item, make_payload
-from workers import metrics
+from workers import metrics, sources
 from workers.errors import ImageError, SystemicError, systemic_device_error, systemic_os_error
 from workers.ledger import Delivery, Ledger
 from workers.runtime import Runtime
@@ -42,6 +42,8 @@ def run_chunk(
     items: list[list[Any] | None] = [None] * len(paths)
     pending: list[tuple[int, torch.Tensor, float]] = []
     batch_size = 1 if careful else rt.batch_size
+    # URLs start downloading now, ahead of decode and forward; local files open in turn.
+    reader = sources.Reader(rt.policy, rt.settings, paths, skip=delivery.poison)
 
     for i, path in enumerate(paths):
         if i in delivery.poison:
@@ -55,7 +57,7 @@ def run_chunk(
             ledger.mark_in_flight(chunk, i)
         start = time.perf_counter()
         try:
-            with rt.policy.open(path) as fh:
+            with reader.open(i) as fh:
                 tensor = rt.preprocess(fh, path)
         except ImageError as exc:
             items[i] = error_item(path, exc.etype, exc.message, _ms(start))

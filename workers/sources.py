@@ -1,0 +1,426 @@
+"""Open what a task names: a local file through ``PathPolicy``, or a URL through fsspec.
+
+URLs (``s3://``, ``http(s)://``, and other fsspec schemes whose package is installed)
+are fetched ahead of the decoder by :mod:`workers.fetch`. Every URL is checked before
+any request: the scheme must be one that reaches a remote store (never ``file://``,
+an in-memory or a chained ``a::b`` filesystem), and with ``VISIONQ_ALLOWED_ROOTS`` set
+it must lie under one of its URL prefixes. HTTP redirects are followed here, hop by hop,
+and each hop is held to the same rules, so a redirect can never leave the roots or
+http(s). Size and pixel limits apply while the body streams in, before it is whole.
+
+fsspec and its backends are imported only here, in pool children, on the first URL:
+the Celery parent never loads them, and a worker without the extra installed answers
+each URL with an ``UnsupportedSource`` error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import random
+import threading
+import time
+import warnings
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, BinaryIO
+from urllib.parse import urljoin, urlsplit
+
+from visionq import urls
+from visionq.schema import ErrorType
+from visionq.settings import Settings
+from workers.errors import ImageError, SourceUnavailable, SystemicError
+from workers.fetch import FetchAhead, Ticket
+from workers.paths import PathPolicy
+
+log = logging.getLogger(__name__)
+
+HTTP = frozenset({"http", "https"})
+# Schemes that read local or in-process data, or wrap another filesystem: through them
+# a URL could reach files that PathPolicy guards.
+REFUSED = frozenset(
+    {"file", "local", "memory", "zip", "tar", "libarchive", "reference", "dir", "data",
+     "simplecache", "filecache", "blockcache", "cached", "jlab", "jupyter", "github", "git"}
+)  # fmt: skip
+EXTRA = {"s3": "s3", "s3a": "s3", "http": "http", "https": "http"}
+MAX_REDIRECTS = 5
+BLOCK = 256 * 1024
+PEEK = 64 * 1024  # enough of a file for Pillow to read its header and dimensions
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+
+
+class _Transient(Exception):
+    """Worth retrying: a timeout, a 5xx, a refused or dropped connection.
+
+    ``answered``: the endpoint sent a status (a 5xx); otherwise it sent nothing.
+    """
+
+    def __init__(self, message: str, *, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered
+
+
+class RemoteSource:
+    """Fetches URL bodies for one pool child, with retries and limits."""
+
+    def __init__(self, policy: PathPolicy, settings: Settings) -> None:
+        self.policy = policy
+        self.max_bytes = policy.max_bytes
+        self.max_pixels = settings.max_image_pixels
+        self.timeout = settings.fetch_timeout
+        self.retries = max(0, settings.fetch_retries)
+        self._fs: dict[str, Any] = {}
+        self._last_answer: dict[str, float] = {}  # endpoint -> when it last answered
+        self._lock = threading.Lock()
+
+    # -- checks ---------------------------------------------------------------------
+
+    def check(self, url: str) -> str:
+        """The URL's scheme if this worker may fetch it, else ImageError. No I/O."""
+        scheme = urls.scheme(url) or ""
+        parts = urlsplit(url)
+        # fsspec chains filesystems with '::'; an IPv6 host ([::1]) is not a chain.
+        chained = "::" in parts.path or ("::" in parts.netloc and "[" not in parts.netloc)
+        if chained or scheme in REFUSED:
+            raise ImageError(
+                ErrorType.UNSUPPORTED_SOURCE,
+                f"{url}: {scheme}:// inputs are not read by workers; give a path or a remote URL",
+            )
+        if not urls.is_safe(url):
+            raise ImageError(ErrorType.INVALID_PATH, f"{url}: dot segments or credentials in a URL")
+        if self.policy.restricted and not urls.within_roots(url, self.policy.url_roots):
+            raise ImageError(ErrorType.PATH_NOT_ALLOWED, f"{url} is outside VISIONQ_ALLOWED_ROOTS")
+        return scheme
+
+    @staticmethod
+    def endpoint(url: str) -> str:
+        """What fails together: one HTTP origin, or one object store (all its buckets)."""
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        return f"{scheme}://{parts.netloc.lower()}" if scheme in HTTP else f"{scheme}://"
+
+    # -- fetching -------------------------------------------------------------------
+
+    def fetch(self, url: str, ticket: Ticket) -> bytes:
+        """The whole body of ``url``, or ImageError; retries transient failures."""
+        scheme = self.check(url)
+        ep = self.endpoint(url)
+        last: _Transient | None = None
+        first_failure = 0.0
+        for attempt in range(self.retries + 1):
+            if attempt:
+                ticket.give_back()
+                # Exponential backoff with jitter, so a fleet does not retry in step.
+                time.sleep(min(4.0, 0.25 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.5))
+            try:
+                body = (
+                    self._http(url, ticket) if scheme in HTTP else self._other(scheme, url, ticket)
+                )
+            except Exception as exc:
+                err = _classify(url, exc)
+                if isinstance(err, ImageError) or err.answered:
+                    self._answered(ep)
+                if isinstance(err, ImageError):
+                    raise err from None
+                last = err
+                first_failure = first_failure or time.monotonic()
+                log.info("fetching %s failed (attempt %d): %s", url, attempt + 1, err)
+                continue
+            self._answered(ep)
+            return body
+        assert last is not None
+        with self._lock:
+            down = not last.answered and self._last_answer.get(ep, 0.0) < first_failure
+        raise SourceUnavailable(
+            ErrorType.FETCH_FAILED,
+            f"{url}: {last} (after {self.retries + 1} attempts)",
+            endpoint=ep,
+            endpoint_down=down,
+        )
+
+    def _answered(self, ep: str) -> None:
+        with self._lock:
+            self._last_answer[ep] = time.monotonic()
+
+    def _http(self, url: str, ticket: Ticket) -> bytes:
+        fs = self.filesystem("http")  # first: a missing extra is UnsupportedSource
+        from fsspec.asyn import sync
+        from fsspec.implementations.http import HTTPStreamFile
+
+        session = sync(fs.loop, fs.set_session)
+        target = url
+        for _hop in range(MAX_REDIRECTS + 1):
+            # One streamed GET; redirects come back to us so every hop is checked.
+            f = HTTPStreamFile(
+                fs, target, mode="rb", loop=fs.loop, session=session, allow_redirects=False
+            )
+            try:
+                if f.r.status in (301, 302, 303, 307, 308):
+                    target = self._redirect(url, target, f.r.headers.get("Location"))
+                    continue
+                length = f.r.headers.get("Content-Length")
+                size = int(length) if length and length.isdigit() else None
+                return self._read(url, f, size, ticket)
+            finally:
+                f.close()
+        raise ImageError(ErrorType.FETCH_FAILED, f"{url}: more than {MAX_REDIRECTS} redirects")
+
+    def _redirect(self, url: str, current: str, location: str | None) -> str:
+        if not location:
+            raise ImageError(ErrorType.FETCH_FAILED, f"{url}: redirect without a Location")
+        target = urljoin(current, location)
+        if (urls.scheme(target) or "") not in HTTP:
+            raise ImageError(
+                ErrorType.PATH_NOT_ALLOWED, f"{url} redirects to {target}, which is not http(s)"
+            )
+        if not urls.is_safe(target) or (
+            self.policy.restricted and not urls.within_roots(target, self.policy.url_roots)
+        ):
+            raise ImageError(
+                ErrorType.PATH_NOT_ALLOWED,
+                f"{url} redirects to {target}, outside VISIONQ_ALLOWED_ROOTS",
+            )
+        return target
+
+    def _other(self, scheme: str, url: str, ticket: Ticket) -> bytes:
+        fs = self.filesystem(scheme)
+        # cache_type "none": each read is exactly one ranged GET, nothing read ahead.
+        with fs.open(url, "rb", cache_type="none") as f:
+            return self._read(url, f, getattr(f, "size", None), ticket)
+
+    def _read(self, url: str, f: Any, size: int | None, ticket: Ticket) -> bytes:
+        """Read ``f`` to the end, refusing too many bytes or pixels as early as known."""
+        if size is not None:
+            self._check_size(url, size)
+            if size == 0:
+                raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{url} is empty")
+        buf = bytearray()
+        peeked = False
+        while size is None or len(buf) < size:
+            if size is None:
+                want = BLOCK if peeked else PEEK
+            elif peeked or size <= 4 * BLOCK:
+                want = size - len(buf)  # the rest in one ranged read
+            else:
+                want = PEEK - len(buf)  # the header first, so a bomb costs 64 KiB
+            # Bytes are taken from the chunk's budget before they are read.
+            ticket.take(len(buf) + want - ticket.held)
+            block = f.read(want)
+            if not block:
+                break
+            buf += block
+            self._check_size(url, len(buf))
+            if not peeked and (len(buf) >= PEEK or len(buf) == size):
+                peeked = True
+                self._check_pixels(url, bytes(buf[:PEEK]))
+        if not buf:
+            raise ImageError(ErrorType.UNREADABLE_IMAGE, f"{url} is empty")
+        return bytes(buf)
+
+    def _check_size(self, url: str, n: int) -> None:
+        if n > self.max_bytes:
+            raise ImageError(
+                ErrorType.FILE_TOO_LARGE,
+                f"{url} is over {self.max_bytes} bytes (VISIONQ_MAX_IMAGE_BYTES)",
+            )
+
+    def _check_pixels(self, url: str, head: bytes) -> None:
+        # The header states the dimensions; a bomb is refused before its body arrives.
+        from PIL import Image
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(io.BytesIO(head), formats=_FORMATS) as img:
+                    w, h = img.size
+        except Exception:
+            return  # header not in the first bytes, or not an image: decoding will say
+        if w * h > self.max_pixels:
+            raise ImageError(
+                ErrorType.DECOMPRESSION_BOMB,
+                f"{url} is {w}x{h} = {w * h} pixels; the limit is {self.max_pixels} "
+                "(VISIONQ_MAX_IMAGE_PIXELS)",
+            )
+
+    # -- filesystems ----------------------------------------------------------------
+
+    def filesystem(self, scheme: str) -> Any:
+        key = "http" if scheme in HTTP else scheme
+        with self._lock:
+            if key not in self._fs:
+                self._fs[key] = self._make(key)
+            return self._fs[key]
+
+    def _make(self, scheme: str) -> Any:
+        try:
+            import fsspec
+
+            if scheme == "http":
+                import aiohttp
+
+                # trust_env: HTTP(S)_PROXY / NO_PROXY, as every HTTP client does.
+                timeout = aiohttp.ClientTimeout(
+                    total=None, sock_connect=self.timeout, sock_read=self.timeout
+                )
+                return fsspec.filesystem(
+                    "http",
+                    client_kwargs={"trust_env": True, "timeout": timeout},
+                    skip_instance_cache=True,
+                )
+            if scheme in ("s3", "s3a"):
+                # Credentials, region and AWS_ENDPOINT_URL come from the standard AWS
+                # variables and files. Retries are ours (VISIONQ_FETCH_RETRIES), not
+                # botocore's and s3fs's on top of them.
+                fs = fsspec.filesystem(
+                    "s3",
+                    config_kwargs={
+                        "connect_timeout": self.timeout,
+                        "read_timeout": self.timeout,
+                        "retries": {"max_attempts": 1, "mode": "standard"},
+                    },
+                    skip_instance_cache=True,
+                )
+                fs.retries = 1
+                return fs
+            return fsspec.filesystem(scheme)
+        except ImportError as exc:
+            extra = EXTRA.get(scheme)
+            hint = (
+                f'pip install "visionq[{extra}]"' if extra else f"install fsspec's {scheme} backend"
+            )
+            raise ImageError(
+                ErrorType.UNSUPPORTED_SOURCE,
+                f"this worker cannot read {scheme}:// URLs ({exc}); {hint} on the worker",
+            ) from None
+        except ValueError as exc:
+            raise ImageError(
+                ErrorType.UNSUPPORTED_SOURCE, f"no filesystem for {scheme}:// URLs: {exc}"
+            ) from None
+
+
+def _classify(url: str, exc: BaseException) -> ImageError | _Transient:
+    """An answer (ImageError) or a failure worth retrying (_Transient)."""
+    if isinstance(exc, ImageError):
+        return exc
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(chain) < 8:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        status = _status(e)
+        if status is None:
+            continue
+        if status in (401, 403):
+            return ImageError(ErrorType.PERMISSION_DENIED, f"{url}: forbidden ({status})")
+        if status in (404, 410):
+            return ImageError(ErrorType.FILE_NOT_FOUND, f"no such object: {url}")
+        if status in (408, 429) or status >= 500:
+            return _Transient(f"HTTP {status}", answered=True)
+        return ImageError(ErrorType.FETCH_FAILED, f"{url}: HTTP {status}")
+    if isinstance(exc, FileNotFoundError):
+        return ImageError(ErrorType.FILE_NOT_FOUND, f"no such object: {url}")
+    if isinstance(exc, PermissionError):
+        return ImageError(ErrorType.PERMISSION_DENIED, f"{url}: access denied")
+    for e in chain:
+        if isinstance(e, TimeoutError | ConnectionError) or type(e).__name__ in _TRANSIENT_NAMES:
+            return _Transient(f"{type(e).__name__}: {e}", answered=False)
+    return ImageError(ErrorType.FETCH_FAILED, f"{url}: {type(exc).__name__}: {exc}")
+
+
+# Connection-level failures of aiohttp and botocore, by name so that neither must be
+# importable here; both derive from their own bases rather than ConnectionError.
+_TRANSIENT_NAMES = frozenset(
+    {"ClientConnectorError", "ClientConnectorDNSError", "ClientOSError", "ServerDisconnectedError",
+     "ClientPayloadError", "ServerTimeoutError", "ConnectionTimeoutError", "SocketTimeoutError",
+     "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
+     "ConnectionClosedError", "FSTimeoutError", "IncompleteRead", "ResponseStreamingError"}
+)  # fmt: skip
+
+
+def _status(e: BaseException) -> int | None:
+    status = getattr(e, "status", None)  # aiohttp.ClientResponseError
+    if isinstance(status, int):
+        return status
+    response = getattr(e, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        code = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(code, int):
+            return code
+    return None
+
+
+# -- per child ---------------------------------------------------------------------------
+
+_remote: RemoteSource | None = None
+_pool: ThreadPoolExecutor | None = None
+_last_reader: Reader | None = None
+
+
+def _child_state(policy: PathPolicy, settings: Settings) -> tuple[RemoteSource, ThreadPoolExecutor]:
+    # Built on the first URL a child sees, never in the Celery parent.
+    global _remote, _pool
+    if _remote is None or _remote.policy is not policy:
+        _remote = RemoteSource(policy, settings)
+    if _pool is None:
+        _pool = ThreadPoolExecutor(
+            max_workers=max(1, settings.fetch_concurrency), thread_name_prefix="visionq-fetch"
+        )
+    return _remote, _pool
+
+
+class Reader:
+    """Opens the images of one chunk in order; URLs are already on their way."""
+
+    def __init__(
+        self,
+        policy: PathPolicy,
+        settings: Settings,
+        paths: Sequence[str],
+        skip: Collection[int] = (),
+    ) -> None:
+        self.policy = policy
+        self.paths = paths
+        items = [(i, p) for i, p in enumerate(paths) if i not in skip and urls.is_url(p)]
+        self._results: dict[int, bytes | ImageError] = {}
+        self._ahead: Any = None
+        self._remote: RemoteSource | None = None
+        if items:
+            global _last_reader
+            # A child runs one chunk at a time: a reader still open here was abandoned
+            # (time limit, SystemicError); stop its fetches so no thread waits on it.
+            if _last_reader is not None:
+                _last_reader.close()
+            _last_reader = self
+            remote, pool = _child_state(policy, settings)
+            self._remote = remote
+            window = 2 * max(1, settings.fetch_concurrency)
+            self._ahead = iter(
+                FetchAhead(items, remote.fetch, pool, window=window,
+                           budget_bytes=settings.fetch_ahead_bytes)
+            )  # fmt: skip
+
+    def open(self, i: int) -> BinaryIO:
+        """The i-th image as a binary file, or ImageError; SystemicError if its
+        endpoint has failed for a run of images (the chunk is then better retried)."""
+        path = self.paths[i]
+        if not urls.is_url(path) or self._ahead is None or self._remote is None:
+            return self.policy.open(path)
+        while i not in self._results:
+            index, result = next(self._ahead)
+            self._results[index] = result
+        result = self._results.pop(i)
+        self._watch(path, result)
+        if isinstance(result, ImageError):
+            raise result
+        return io.BytesIO(result)
+
+    def close(self) -> None:
+        """Cancel queued fetches and wake those waiting for bytes."""
+        if self._ahead is not None:
+            self._ahead.close()
+
+    def _watch(self, url: str, result: bytes | ImageError) -> None:
+        if isinstance(result, SourceUnavailable) and result.endpoint_down:
+            self.close()  # the chunk is about to fail: stop fetching for it
+            raise SystemicError(f"{result.endpoint} is unreachable: {result.message}")
