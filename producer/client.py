@@ -353,7 +353,11 @@ class Job:
         collector.acquire()  # before the file is touched: a second collector changes nothing
         try:
             with open_writer(out, fresh=not resume) as writer:
-                have = writer.recover(self.manifest.chunk_len, self.id) if resume else set()
+                have = (
+                    writer.recover(self.manifest.chunk_len, self.id, self.manifest.digest)
+                    if resume
+                    else set()
+                )
                 summary = self._deliver(collector.run(have), writer.write_chunk, on_chunk)
         finally:
             collector.release()

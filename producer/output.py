@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from producer.errors import OutputDamaged, OutputForeign, OutputLocked, OutputMismatch
+from visionq.chunks import PathHash
 from visionq.schema import dumps
 
 log = logging.getLogger(__name__)
@@ -106,9 +107,9 @@ class ResultWriter:
         """One record as text, without its terminator."""
         raise NotImplementedError
 
-    def key_of(self, text: str) -> tuple[str, int] | None:
-        """(job id, chunk) of one written record (terminator stripped), or None if it
-        is not a whole, well-formed record."""
+    def key_of(self, text: str) -> tuple[str, int, str] | None:
+        """(job id, chunk, path) of one written record (terminator stripped), or None
+        if it is not a whole, well-formed record."""
         raise NotImplementedError
 
     def _split(self, fh: IO[bytes]) -> Iterator[tuple[int, bytes, bool]]:
@@ -171,12 +172,20 @@ class ResultWriter:
 
     # -- resuming -------------------------------------------------------------
 
-    def recover(self, chunk_len: Callable[[int], int], job_id: str) -> set[int]:
+    def recover(
+        self,
+        chunk_len: Callable[[int], int],
+        job_id: str,
+        digest: Callable[[int], str] | None = None,
+    ) -> set[int]:
         """Chunks of ``job_id`` the file holds in full; later writes append after them.
 
         ``chunk_len(i)`` is chunk i's number of images; it may raise IndexError,
         KeyError or ValueError for a chunk that is not part of the job. Chunks may
-        appear in any order, each as one group of consecutive records.
+        appear in any order, each as one group of consecutive records. With
+        ``digest(i)`` (the manifest's checksum of chunk i's paths), every whole chunk
+        must hold exactly its own paths: a record damaged into another valid record
+        (half of a name with a line break, say) is refused too.
 
         Only what a crash can leave is cut: an unterminated last record, and a last
         chunk group shorter than its chunk. The file is read in full first and
@@ -190,7 +199,7 @@ class ResultWriter:
         """
         if not self._durable:
             return set()  # a pipe or terminal: nothing to resume
-        plan = self._plan(chunk_len, job_id)
+        plan = self._plan(chunk_len, job_id, digest)
         if plan.cut < plan.size:
             log.warning(
                 "%s: cutting %d bytes of a partial last chunk or torn record at byte %d",
@@ -202,7 +211,9 @@ class ResultWriter:
         self.records_written = plan.records
         return plan.complete
 
-    def _plan(self, chunk_len: Callable[[int], int], job_id: str) -> _Plan:
+    def _plan(
+        self, chunk_len: Callable[[int], int], job_id: str, digest: Callable[[int], str] | None
+    ) -> _Plan:
         """Read-only pass over the file: what it holds and where to cut, or a refusal."""
         with open(self.path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -239,14 +250,14 @@ class ResultWriter:
                         "file"
                     )
                 first = False
-                job, chunk = key
+                job, chunk, path = key
                 if job != job_id:
                     raise OutputMismatch(
                         f"{self.path} holds results of job {job}, not {job_id}; "
                         "collect into another file"
                     )
                 if group is not None and chunk == group.chunk:
-                    group.records += 1
+                    group.add(path)
                     if group.records > group.want:
                         raise self._damaged_group(group, f"more than its {group.want} records")
                     continue
@@ -257,6 +268,7 @@ class ResultWriter:
                             f"only {group.records} of its {group.want} records, and other "
                             "chunks follow it",
                         )
+                    self._verify(group, digest)
                     plan.complete.add(group.chunk)
                     plan.records += group.records
                 if chunk in plan.complete:
@@ -264,9 +276,11 @@ class ResultWriter:
                         f"{self.path}: chunk {chunk} appears twice (again at byte {offset}); "
                         "the file was left untouched"
                     )
-                group = _Group(chunk, offset, 1, self._want(chunk_len, chunk, offset))
+                group = _Group(chunk, offset, 0, self._want(chunk_len, chunk, offset))
+                group.add(path)
         if group is not None:
             if group.records == group.want:
+                self._verify(group, digest)
                 plan.complete.add(group.chunk)
                 plan.records += group.records
             else:  # the last chunk, partly written: it is re-collected whole
@@ -284,6 +298,10 @@ class ResultWriter:
                 "part of this job; the file was left untouched"
             )
         return want
+
+    def _verify(self, group: _Group, digest: Callable[[int], str] | None) -> None:
+        if digest is not None and group.hash.hexdigest() != digest(group.chunk):
+            raise self._damaged_group(group, "paths that are not the chunk's own")
 
     def _damaged_group(self, group: _Group, what: str) -> OutputDamaged:
         return OutputDamaged(
@@ -343,6 +361,11 @@ class _Group:
     start: int  # byte offset of the group's first record
     records: int
     want: int
+    hash: PathHash = field(default_factory=PathHash)  # of the paths, as the manifest's
+
+    def add(self, path: str) -> None:
+        self.records += 1
+        self.hash.add(path)
 
 
 @dataclass
@@ -360,7 +383,7 @@ class JsonlWriter(ResultWriter):
     def format(self, record: dict[str, Any]) -> str:
         return dumps(record)
 
-    def key_of(self, text: str) -> tuple[str, int] | None:
+    def key_of(self, text: str) -> tuple[str, int, str] | None:
         try:
             record = json.loads(text)
         except ValueError:
@@ -370,7 +393,7 @@ class JsonlWriter(ResultWriter):
         job, chunk = record.get("job"), record.get("chunk")
         if not isinstance(job, str) or type(chunk) is not int or "ok" not in record:
             return None
-        return job, chunk
+        return job, chunk, record["path"]
 
     def _plausible_tear(self, raw: bytes, first: bool, job_id: str) -> bool:
         n = min(len(raw), len(_JSONL_START))
@@ -400,7 +423,7 @@ class CsvWriter(ResultWriter):
         csv.DictWriter(buf, CSV_COLUMNS, lineterminator=self.terminator).writerow(row)
         return buf.getvalue()[: -len(self.terminator)]
 
-    def key_of(self, text: str) -> tuple[str, int] | None:
+    def key_of(self, text: str) -> tuple[str, int, str] | None:
         try:
             rows = list(csv.reader(io.StringIO(text, newline=""), strict=True))
         except csv.Error:
@@ -410,7 +433,7 @@ class CsvWriter(ResultWriter):
         row = rows[0]
         if row[_CSV_OK] not in ("true", "false") or not row[_CSV_CHUNK].isdigit():
             return None
-        return row[_CSV_JOB], int(row[_CSV_CHUNK])
+        return row[_CSV_JOB], int(row[_CSV_CHUNK]), row[_CSV_PATH]
 
     def _split(self, fh: IO[bytes]) -> Iterator[tuple[int, bytes, bool]]:
         # A record ends at a line feed outside quotes. Quote and LF are ASCII, so they
@@ -456,7 +479,9 @@ class CsvWriter(ResultWriter):
         return True
 
 
-_CSV_OK, _CSV_JOB, _CSV_CHUNK = (CSV_COLUMNS.index(c) for c in ("ok", "job", "chunk"))
+_CSV_OK, _CSV_PATH, _CSV_JOB, _CSV_CHUNK = (
+    CSV_COLUMNS.index(c) for c in ("ok", "path", "job", "chunk")
+)
 
 
 def open_writer(path: str, *, fresh: bool = False) -> ResultWriter:

@@ -25,6 +25,19 @@ def checksum(paths: Iterable[str]) -> str:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
 
 
+class PathHash:
+    """:func:`checksum` built one path at a time, for readers that stream records."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.blake2b(digest_size=8)
+
+    def add(self, path: str) -> None:
+        self._h.update(path.encode("utf-8", "surrogatepass") + b"\0")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
 @dataclass(frozen=True)
 class ChunkEntry:
     """Chunk ``chunk`` of job ``job``: ``paths`` starting at job position ``start``."""

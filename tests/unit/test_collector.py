@@ -258,3 +258,13 @@ def test_a_dead_collector_on_this_host_does_not_hold_the_job(client, stub):
     store.acquire()
     with Serving(stub):
         assert len(list(job.results(timeout=30))) == 30
+
+
+def test_streamed_path_hash_equals_the_chunk_checksum():
+    from visionq.chunks import PathHash, checksum
+
+    names = ["/a/x.jpg", "/a/new\nline", "/a/" + os.fsdecode(b"\xff.jpg"), ""]
+    h = PathHash()
+    for n in names:
+        h.add(n)
+    assert h.hexdigest() == checksum(names)

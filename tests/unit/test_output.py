@@ -378,3 +378,24 @@ def test_stray_quote_running_to_the_end_is_damage_not_a_tear(tmp_path):
         w.recover(lambda c: 1, "job")
     w.close()
     assert Path(path).read_bytes() == damaged
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_name_damaged_into_another_valid_name_is_refused(tmp_path, suffix):
+    """Half of a name with a line break still parses as a record; only the manifest's
+    checksum of the chunk's paths can tell, and it refuses the file untouched."""
+    from visionq.chunks import checksum
+
+    names = ["/d/odd names/new\nline.jpg", "/d/odd names/com,ma.jpg"]
+    path = str(tmp_path / f"r{suffix}")
+    with open_writer(path) as w:
+        w.write_chunk(_records(0, 2, names=names))
+    data = Path(path).read_bytes()
+    cut = data.index(b"new") + 1  # "/d/odd names/n" + the rest after the line break
+    damaged = data[:cut] + data[data.index(b"\n", cut) :]
+    if suffix == ".jsonl":  # JSONL escapes the line break: damage a character instead
+        damaged = data.replace(b"com,ma", b"com;ma")
+    Path(path).write_bytes(damaged)
+    with open_writer(path) as w, pytest.raises(OutputDamaged, match="not the chunk's own"):
+        w.recover(lambda c: 2, "job", lambda c: checksum(names))
+    assert Path(path).read_bytes() == damaged
