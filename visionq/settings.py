@@ -16,7 +16,8 @@ from typing import Any
 PREFIX = "VISIONQ_"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
+DECODE_CHOICES = ("cpu", "gpu")
 
 
 class SettingsError(ValueError):
@@ -42,13 +43,18 @@ class Settings:
         "imagenet", "imagenet (torchvision IMAGENET1K_V1), random, or a state_dict file path."
     )
     precision: str = _env_field(
-        "fp32", "fp32 (exact), bf16 (CPU autocast or CUDA), fp16 (CUDA), int8 (CPU, opt-in)."
+        "fp32",
+        "fp32 (exact), bf16 (CPU autocast or CUDA), fp16 (CUDA), int8 (CPU, opt-in), or auto "
+        "(the fastest of fp32 and bf16, or fp16 on CUDA, measured by each child at start-up).",
     )
     int8_calibration: str = _env_field(
         "", "Folder of images that calibrates VISIONQ_PRECISION=int8 (the first 64 are used)."
     )
     batch_size: int = _env_field(0, "Images per forward pass; 0 means 8 on CPU, 64 on CUDA.")
     chunk_size: int = _env_field(0, "Default paths per task; 0 means 16 (CPU-sized).")
+    decode: str = _env_field(
+        "cpu", "cpu, or gpu: JPEGs decoded in batches on the child's CUDA device (not bit-exact)."
+    )
     jpeg_draft: bool = _env_field(
         False, "Let libjpeg decode large JPEGs at reduced scale (faster, not bit-exact)."
     )
@@ -159,6 +165,8 @@ class Settings:
                 f"VISIONQ_PRECISION={self.precision!r}; expected one of "
                 + ", ".join(PRECISION_CHOICES)
             )
+        if self.decode not in DECODE_CHOICES:
+            raise SettingsError(f"VISIONQ_DECODE={self.decode!r}; expected cpu or gpu")
         for name in ("visibility_timeout", "task_time_limit", "max_attempts", "result_expires"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"VISIONQ_{name.upper()} must be positive")

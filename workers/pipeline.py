@@ -13,12 +13,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from visionq.schema import ErrorType, error_item, make_payload
 from workers import metrics
 from workers.errors import ImageError
+from workers.gpu_decode import Prepared
 from workers.ledger import Delivery, Ledger
 from workers.runtime import Runtime
 
@@ -36,7 +36,7 @@ def run_chunk(
 ) -> dict[str, Any]:
     careful = delivery.attempt > rt.settings.max_attempts
     items: list[list[Any] | None] = [None] * len(paths)
-    pending: list[tuple[int, torch.Tensor, float]] = []
+    pending: list[tuple[int, Prepared, float]] = []
     batch_size = 1 if careful else rt.batch_size
 
     for i, path in enumerate(paths):
@@ -52,7 +52,7 @@ def run_chunk(
         start = time.perf_counter()
         try:
             with rt.policy.open(path) as fh:
-                tensor = rt.preprocess(fh, path)
+                tensor = rt.read(fh, path)
         except ImageError as exc:
             items[i] = error_item(path, exc.etype, exc.message, _ms(start))
             continue
@@ -95,14 +95,28 @@ def run_chunk(
 
 def _forward(
     rt: Runtime,
-    pending: list[tuple[int, torch.Tensor, float]],
+    pending: list[tuple[int, Prepared, float]],
     paths: Sequence[str],
     items: list[list[Any] | None],
     top_k: int,
 ) -> None:
     start = time.perf_counter()
+    if rt.gpu_decoder is not None:
+        # Device decoding happens here, for the whole batch at once; its time counts
+        # as forward time.
+        ready = []
+        for (i, _, decode_ms), tensor in zip(
+            pending, rt.gpu_decoder.materialize([t for _, t, _ in pending]), strict=True
+        ):
+            if isinstance(tensor, ImageError):
+                items[i] = error_item(paths[i], tensor.etype, tensor.message, decode_ms)
+            else:
+                ready.append((i, tensor, decode_ms))
+        pending = ready
+        if not pending:
+            return
     try:
-        tops = rt.classifier([t for _, t, _ in pending], top_k)
+        tops = rt.classifier([t for _, t, _ in pending], top_k)  # type: ignore[misc]
     except RuntimeError as exc:  # e.g. CUDA out of memory: fail these images, keep serving
         log.exception("forward pass failed for %d images", len(pending))
         for i, _, decode_ms in pending:
