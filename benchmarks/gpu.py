@@ -353,8 +353,9 @@ def run(plan: Plan, workdir: Path) -> tuple[list[Row], dict[str, float], list[st
     if on_cuda:
         torch.cuda.empty_cache()
     runs = [(n, d, "fp32") for n in plan.children for d in ("cpu", "gpu")]
-    mid = plan.children[len(plan.children) // 2]
-    runs += [(mid, "gpu", p) for p in (*reduced, "auto") if on_cuda]
+    if plan.children and on_cuda:
+        mid = plan.children[len(plan.children) // 2]
+        runs += [(mid, "gpu", p) for p in (*reduced, "auto")]
     for children, decode_on, precision in runs:
         if plan.left() < 30:
             notes.append(f"skipped visionq {children} children {decode_on} {precision}: "
