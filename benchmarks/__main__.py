@@ -18,6 +18,7 @@ from benchmarks import (
     coldstart,
     corpus,
     machine,
+    photos,
     queue_scale,
     report,
     results,
@@ -38,8 +39,8 @@ from benchmarks.results import Row
 
 log = logging.getLogger("benchmarks")
 
-GROUPS = ("pool", "starting", "visionq", "scale", "coldstart")
-VISIONQ_GROUPS = ("visionq", "scale", "coldstart")
+GROUPS = ("pool", "starting", "visionq", "scale", "coldstart", "photos")
+VISIONQ_GROUPS = ("visionq", "scale", "coldstart", "photos")
 
 
 def _ints(text: str) -> list[int]:
@@ -172,6 +173,7 @@ def main(argv: list[str]) -> int:
             args.scale_paths, args.scale_chunks, weights, workdir, emit
         ),
         "coldstart": lambda: coldstart.run(paths[0], weights, workdir, emit),
+        "photos": lambda: photos.run(weights, workdir, emit),
     }
     for group in wanted:
         steps[group]()
