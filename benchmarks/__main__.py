@@ -173,7 +173,9 @@ def main(argv: list[str]) -> int:
             args.scale_paths, args.scale_chunks, weights, workdir, emit
         ),
         "coldstart": lambda: coldstart.run(paths[0], weights, workdir, emit),
-        "photos": lambda: photos.run(weights, workdir, emit),
+        "photos": lambda: photos.run(
+            weights, workdir, emit, count=photos.PHOTOS // 2 if args.quick else photos.PHOTOS
+        ),
     }
     for group in wanted:
         steps[group]()
