@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_CACHE := $(or $(TORCH_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch)
 DEMO_WEIGHTS ?= $(if $(wildcard $(TORCH_CACHE)/hub/checkpoints/resnet18-f37072fd.pth),imagenet,random)
 
-.PHONY: install demo test unit integration lint bench weights clean
+.PHONY: install demo test unit integration lint bench bench-gpu weights clean
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ lint: install
 
 bench: install
 	$(PY) -m benchmarks
+
+# One GPU, about 5-8 minutes; writes docs/benchmarks-gpu.md. Without CUDA it says so, exits 0.
+bench-gpu: install
+	$(PY) -m benchmarks.gpu
 
 weights: install
 	$(PY) -c "from torchvision.models import ResNet18_Weights as W; W.IMAGENET1K_V1.get_state_dict(progress=True)"

@@ -18,6 +18,7 @@ from benchmarks import (
     coldstart,
     corpus,
     machine,
+    photos,
     queue_scale,
     remote_http,
     report,
@@ -39,8 +40,8 @@ from benchmarks.results import Row
 
 log = logging.getLogger("benchmarks")
 
-GROUPS = ("pool", "starting", "visionq", "scale", "coldstart", "remote")
-VISIONQ_GROUPS = ("visionq", "scale", "coldstart", "remote")
+GROUPS = ("pool", "starting", "visionq", "scale", "coldstart", "remote", "photos")
+VISIONQ_GROUPS = ("visionq", "scale", "coldstart", "remote", "photos")
 
 
 def _ints(text: str) -> list[int]:
@@ -180,6 +181,9 @@ def main(argv: list[str]) -> int:
         ),
         "coldstart": lambda: coldstart.run(paths[0], weights, workdir, emit),
         "remote": lambda: remote_http.run(paths, weights, workdir, emit),
+        "photos": lambda: photos.run(
+            weights, workdir, emit, count=photos.PHOTOS // 2 if args.quick else photos.PHOTOS
+        ),
     }
     for group in wanted:
         steps[group]()

@@ -18,6 +18,8 @@ REDIS_GROWTH_MB = 64
 PRODUCER_RSS_MB = 300
 RESULT_KEYS = 10
 HTTP_RATIO = 0.9
+PHOTOS_FP32_RATIO = 0.95
+PHOTOS_FAST_RATIO = 3.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ def evaluate(rows: list[Row]) -> list[Verdict]:
         (f"keys left in the results db <= {RESULT_KEYS}", "results_db_keys_after",
          lambda v: v <= RESULT_KEYS, "{:.0f} keys"),
     )  # fmt: skip
+    verdicts += _photo_verdicts(rows)
     for row in scale or [None]:
         for label, key, ok, fmt in checks:
             prefix = f"{row.name}: " if row else "missing-path job, self-sized chunks: "
@@ -99,3 +102,28 @@ def evaluate(rows: list[Row]) -> list[Verdict]:
             else:
                 verdicts.append(Verdict(prefix + label, "not measured", None))
     return verdicts
+
+
+def _photo_verdicts(rows: list[Row]) -> list[Verdict]:
+    from benchmarks.photos import CONTENDERS, POOL_NAME
+
+    pool_row = _find(rows, "photos", POOL_NAME)
+    ref = pool_row.rate if pool_row else None
+    default = _find(rows, "photos", CONTENDERS[0][0])
+    fast = [r for r in rows if r.group == "photos" and r.name != POOL_NAME and r.rate]
+    best = max(fast, key=lambda r: r.rate or 0.0, default=None)
+    out = []
+    for target, row, ratio in (
+        (f"12 MP photos: visionq fp32 >= {PHOTOS_FP32_RATIO}x the pool", default,
+         PHOTOS_FP32_RATIO),
+        (f"12 MP photos: fastest opt-in >= {PHOTOS_FAST_RATIO:g}x the pool", best,
+         PHOTOS_FAST_RATIO),
+    ):  # fmt: skip
+        rate = row.rate if row else None
+        if rate is None or not ref:
+            out.append(Verdict(target, "not measured", None))
+        else:
+            agree = row.figures.get("top1_agree_pct") if row else None
+            out.append(Verdict(target, f"{rate / ref:.2f}x ({row.name if row else ''}, "
+                               f"top-1 {agree}%)", rate / ref >= ratio))  # fmt: skip
+    return out

@@ -1,4 +1,4 @@
-"""The ``visionq`` command line: submit, collect, cancel, status, run.
+"""The ``visionq`` command line: submit, collect, cancel, status, run, tune.
 
 Exit codes (documented in the README):
   0  every image has a result (bad images included, as error results)
@@ -7,7 +7,8 @@ Exit codes (documented in the README):
   2  usage error: bad flags, no input, unknown or unsealed job, a job another
      collector holds; an --out file that is locked, damaged, foreign or another
      job's (left untouched)
-  3  Redis unreachable, or the embedded Redis/worker of `visionq run` failed
+  3  Redis unreachable, or the embedded Redis/worker of `visionq run` failed, or the
+     measuring process of `visionq tune` could not run
   4  every image has a result, but some failed because the host or the device failed
      on every attempt (HostFailure, ChunkFailed): worth re-running elsewhere
   130 interrupted
@@ -140,6 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="seconds to wait for workers to answer (2)",
     )
+
+    p = sub.add_parser(
+        "tune",
+        help="measure the fastest settings for this host on a sample of your images",
+        description="Times children x threads, precision, batch size and fast JPEG decoding "
+        "on a sample of the given images, and prints img/s and top-1 agreement with the exact "
+        "fp32 path per setting, then the fastest within the tolerance as lines to copy. "
+        "Needs the worker package (torch) on this host; no Redis.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--recursive", "-r", action="store_true", help="descend into subfolders")
+    p.add_argument(
+        "--calibration",
+        metavar="DIR",
+        help="images that calibrate int8 (VISIONQ_INT8_CALIBRATION); int8 is tried only with it",
+    )
+    p.add_argument(
+        "--tolerance", type=float, default=99.0, metavar="PCT",
+        help="least top-1 agreement with the exact fp32 path to recommend (99)",
+    )  # fmt: skip
+    p.add_argument("--budget", type=float, default=90.0, metavar="S",
+                   help="seconds of measuring; later settings are skipped (90)")  # fmt: skip
+    p.add_argument("--sample", type=int, default=32, metavar="N", help="images timed (32)")
+    p.add_argument("--json", action="store_true", help="the measurements as JSON on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
 
     p = sub.add_parser("run", help="one command: private Redis + local worker + job")
     _add_inputs(p)
@@ -376,12 +402,40 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             return _collect(job, args.out, args, resume=False, since=since)
 
 
+def cmd_tune(args: argparse.Namespace, settings: Settings) -> int:
+    from producer import tune
+
+    paths = tune.sample(inputs.expand(args.paths, recursive=args.recursive), args.sample)
+    if not paths:
+        raise UsageError("no input: give image files or folders to tune on")
+    calibration = args.calibration or settings.int8_calibration
+    try:
+        result = tune.measure(
+            paths,
+            weights=settings.weights,
+            calibration=calibration,
+            tolerance=args.tolerance,
+            budget=args.budget,
+            quiet=args.quiet or args.json,
+        )
+    except tune.TuneFailed as exc:
+        print(f"visionq tune: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    if args.json:
+        best = tune.Recommendation(**result["best"])
+        print(json.dumps({**result, "env": best.env(calibration)}, indent=2))
+    else:
+        print(tune.render(result, calibration))
+    return EXIT_OK
+
+
 VERBS = {
     "submit": cmd_submit,
     "collect": cmd_collect,
     "cancel": cmd_cancel,
     "status": cmd_status,
     "run": cmd_run,
+    "tune": cmd_tune,
 }
 
 

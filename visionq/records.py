@@ -34,6 +34,7 @@ class ChildRecord:
     batch_size: int = 0
     load_ms: float = 0.0
     warm: bool = True
+    decode: str = "cpu"  # where JPEGs are decoded: cpu, or gpu (VISIONQ_DECODE)
     seen: float = 0.0  # wall clock of the last registration; 0 for older workers
     extra: dict[str, Any] = field(default_factory=dict)  # fields a newer worker added
 

@@ -18,7 +18,8 @@ from visionq.urls import split_roots
 PREFIX = "VISIONQ_"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
-PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8")
+PRECISION_CHOICES = ("fp32", "bf16", "fp16", "int8", "auto")
+DECODE_CHOICES = ("cpu", "gpu")
 
 
 class SettingsError(ValueError):
@@ -44,7 +45,9 @@ class Settings:
         "imagenet", "imagenet (torchvision IMAGENET1K_V1), random, or a state_dict file path."
     )
     precision: str = _env_field(
-        "fp32", "fp32 (exact), bf16 (CPU autocast or CUDA), fp16 (CUDA), int8 (CPU, opt-in)."
+        "fp32",
+        "fp32 (exact), bf16 (CPU autocast or CUDA), fp16 (CUDA), int8 (CPU, opt-in), or auto "
+        "(the fastest of fp32 and bf16, or fp16 on CUDA, measured by each child at start-up).",
     )
     int8_calibration: str = _env_field(
         "", "Folder of images that calibrates VISIONQ_PRECISION=int8 (the first 64 are used)."
@@ -58,6 +61,9 @@ class Settings:
     )
     window: int = _env_field(
         0, "Chunks in flight per job while collecting; 0 means 2 per pool child, plus 1."
+    )
+    decode: str = _env_field(
+        "cpu", "cpu, or gpu: JPEGs decoded in batches on the child's CUDA device (not bit-exact)."
     )
     jpeg_draft: bool = _env_field(
         False, "Let libjpeg decode large JPEGs at reduced scale (faster, not bit-exact)."
@@ -176,6 +182,8 @@ class Settings:
                 f"VISIONQ_PRECISION={self.precision!r}; expected one of "
                 + ", ".join(PRECISION_CHOICES)
             )
+        if self.decode not in DECODE_CHOICES:
+            raise SettingsError(f"VISIONQ_DECODE={self.decode!r}; expected cpu or gpu")
         for name in (
             "visibility_timeout", "task_time_limit", "max_attempts", "result_expires",
             "chunk_seconds", "fetch_concurrency", "fetch_ahead_bytes", "fetch_timeout",

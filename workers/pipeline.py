@@ -16,12 +16,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from celery.exceptions import SoftTimeLimitExceeded
 
 from visionq.schema import ErrorType, error_item, make_payload
 from workers import metrics, sources
 from workers.errors import ImageError, SystemicError, systemic_device_error, systemic_os_error
+from workers.gpu_decode import Prepared
 from workers.ledger import Delivery, Ledger
 from workers.runtime import Runtime
 
@@ -40,7 +40,7 @@ def run_chunk(
     began = time.perf_counter()
     careful = delivery.attempt > rt.settings.max_attempts
     items: list[list[Any] | None] = [None] * len(paths)
-    pending: list[tuple[int, torch.Tensor, float]] = []
+    pending: list[tuple[int, Prepared, float]] = []
     batch_size = 1 if careful else rt.batch_size
     # URLs start downloading now, ahead of decode and forward; local files open in turn.
     reader = sources.Reader(rt.policy, rt.settings, paths, skip=delivery.poison)
@@ -58,7 +58,7 @@ def run_chunk(
         start = time.perf_counter()
         try:
             with reader.open(i) as fh:
-                tensor = rt.preprocess(fh, path)
+                tensor = rt.read(fh, path)
         except ImageError as exc:
             items[i] = error_item(path, exc.etype, exc.message, _ms(start))
             continue
@@ -112,7 +112,7 @@ def run_chunk(
 
 def _forward(
     rt: Runtime,
-    pending: list[tuple[int, torch.Tensor, float]],
+    pending: list[tuple[int, Prepared, float]],
     paths: Sequence[str],
     items: list[list[Any] | None],
     top_k: int,
@@ -120,8 +120,22 @@ def _forward(
     careful: bool,
 ) -> None:
     start = time.perf_counter()
+    if rt.gpu_decoder is not None:
+        # Device decoding happens here, for the whole batch at once; its time counts
+        # as forward time.
+        ready = []
+        for (i, _, decode_ms), tensor in zip(
+            pending, rt.gpu_decoder.materialize([t for _, t, _ in pending]), strict=True
+        ):
+            if isinstance(tensor, ImageError):
+                items[i] = error_item(paths[i], tensor.etype, tensor.message, decode_ms)
+            else:
+                ready.append((i, tensor, decode_ms))
+        pending = ready
+        if not pending:
+            return
     try:
-        tops = rt.classifier([t for _, t, _ in pending], top_k)
+        tops = rt.classifier([t for _, t, _ in pending], top_k)  # type: ignore[misc]
     except RuntimeError as exc:
         if (systemic := systemic_device_error(exc)) is not None:
             log.error("device failure on %s: %s", rt.placement.device, exc)

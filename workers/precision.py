@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
 
 import torch
 
 from workers.device import Placement
 
 log = logging.getLogger(__name__)
+
+PASSES = 3  # timed forward passes per precision in a start-up speed check
 
 
 def cpu_supports_bf16() -> bool:
@@ -45,7 +49,10 @@ def resolve(
             return "fp16", torch.float16
         log.warning("VISIONQ_PRECISION=fp16 needs CUDA; using fp32 on %s", placement.device)
         return "fp32", None
-    raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16, fp16 or int8")
+    if precision == "auto":
+        # Decided after the model is loaded, by measure(); fp32 until then.
+        return "fp32", None
+    raise ValueError(f"unknown precision {precision!r}; expected fp32, bf16, fp16, int8 or auto")
 
 
 def autocast(placement: Placement, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -69,3 +76,76 @@ class Fp32Head(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return self.head(x.float())
+
+
+@dataclass(frozen=True)
+class SpeedCheck:
+    """Forward-pass speed of fp32 and of a reduced precision, measured on this child."""
+
+    reduced: str  # "bf16" or "fp16"
+    fp32_img_s: float
+    reduced_img_s: float
+
+    @property
+    def ratio(self) -> float:
+        return self.reduced_img_s / self.fp32_img_s if self.fp32_img_s else 0.0
+
+    @property
+    def slower(self) -> bool:
+        return self.reduced_img_s < self.fp32_img_s
+
+    def summary(self) -> str:
+        return (
+            f"{self.reduced} {self.reduced_img_s:.1f} img/s vs fp32 {self.fp32_img_s:.1f} img/s "
+            f"({self.ratio:.2f}x)"
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "reduced": self.reduced,
+            "fp32_img_s": round(self.fp32_img_s, 1),
+            "reduced_img_s": round(self.reduced_img_s, 1),
+        }
+
+
+def candidate(placement: Placement, *, cpu_bf16: bool | None = None) -> str | None:
+    """The reduced precision ``auto`` weighs against fp32 here; None when there is none."""
+    if placement.is_cuda:
+        return "fp16"
+    if cpu_bf16 if cpu_bf16 is not None else cpu_supports_bf16():
+        return "bf16"
+    return None
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def measure(
+    model: torch.nn.Module,
+    placement: Placement,
+    batch_size: int,
+    reduced: str,
+    *,
+    passes: int = PASSES,
+) -> SpeedCheck:
+    """Time ``passes`` forward passes at fp32 and at ``reduced`` after one warm pass each.
+
+    The best pass of each counts: on a shared host the slowest passes measure the
+    neighbours, not the precision. A few batches cost ~1-3 s of start-up on a CPU.
+    """
+    x = torch.zeros(batch_size, 3, 224, 224, device=placement.device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    rates = {}
+    for name, dtype in (("fp32", None), (reduced, dtype_of(reduced))):
+        best = float("inf")
+        with torch.inference_mode(), autocast(placement, dtype):
+            for i in range(passes + 1):
+                start = time.perf_counter()
+                model(x)
+                if placement.is_cuda:
+                    torch.cuda.synchronize(placement.device)
+                if i:  # the first pass of each precision pays its kernel set-up
+                    best = min(best, time.perf_counter() - start)
+        rates[name] = batch_size / best
+    return SpeedCheck(reduced, rates["fp32"], rates[reduced])

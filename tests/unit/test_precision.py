@@ -70,3 +70,31 @@ def test_int8_quantized_model_tracks_fp32(tmp_path):
         q = quantize(build("random")[0], calib)(x).softmax(1)
     assert q.shape == ref.shape and q.dtype == torch.float32
     assert (q - ref).abs().max() < 0.05
+
+
+def test_auto_starts_at_fp32_and_weighs_the_device_reduced_precision():
+    from workers.precision import candidate
+
+    assert resolve("auto", CPU) == ("fp32", None)
+    assert candidate(GPU) == "fp16"
+    assert candidate(CPU, cpu_bf16=True) == "bf16"
+    assert candidate(CPU, cpu_bf16=False) is None
+
+
+def test_speed_check_times_both_precisions_on_the_model():
+    from workers.precision import measure
+
+    calls: list[torch.dtype] = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            calls.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                         else torch.float32)  # fmt: skip
+            return x.sum()
+
+    check = measure(Probe(), CPU, 2, "bf16", passes=2)
+    assert calls == [torch.float32] * 3 + [torch.bfloat16] * 3
+    assert check.reduced == "bf16" and check.fp32_img_s > 0 and check.reduced_img_s > 0
+    assert check.as_dict()["reduced"] == "bf16"
+    assert ("slower" in check.summary()) is False  # summary states figures, not a verdict
+    assert check.slower == (check.reduced_img_s < check.fp32_img_s)
