@@ -28,7 +28,7 @@ from visionq.settings import Settings
 log = logging.getLogger(__name__)
 
 PHOTOS_DIR = BENCH_DIR / "photos"
-# 4 chunks of the default 16 per child of 2: whole chunks for both children, so a
+# Enough photos that self-sized chunks give both children whole chunks, so a
 # job's tail (one child busy, the other idle) does not decide the figure.
 PHOTOS = 64
 SIZE = (4032, 3024)
