@@ -24,7 +24,7 @@ RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} \
 # Installed as a regular package and the source removed, so the image runs exactly what the
 # package ships (a file missing from the distribution fails here, not in production).
 COPY . /tmp/src
-RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "/tmp/src[worker,flower]" \
+RUN pip install ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} "/tmp/src[worker,flower,s3]" \
     && rm -rf /tmp/src
 
 # A fixed uid lets operators chown bind mounts (./out) to it. /models is created here, owned
