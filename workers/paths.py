@@ -64,7 +64,8 @@ class PathPolicy:
         if not self.restricted:
             # No containment to check, so the kernel may follow links itself: resolving
             # in Python first would cost more than the open (jobs of millions of paths).
-            return path
+            # Only ".." is resolved here, as before, so "a/missing/../b" still names b.
+            return os.path.realpath(path) if "/.." in path else path
         real = os.path.realpath(path)
         if not within(real, self.roots):
             raise ImageError(
