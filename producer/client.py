@@ -35,7 +35,8 @@ from producer.inputs import chunked
 from producer.manifest import Manifest
 from producer.output import open_writer
 from visionq import protocol
-from visionq.celeryconf import celery_config
+from visionq.celeryconf import celery_config, redis_client_options
+from visionq.redisurl import redis_py_url
 from visionq.schema import ErrorType, expand, failed_records
 from visionq.settings import Settings
 
@@ -91,10 +92,11 @@ class Client:
         self.celery.conf.update(producer_config(self.settings))
         timeout = _socket_timeout(self.settings)
         self.redis = redis.Redis.from_url(
-            self.settings.backend_url,
+            redis_py_url(self.settings.backend_url),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=25,
+            **redis_client_options(self.settings.backend_url),
         )
 
     # -- connection -------------------------------------------------------------

@@ -187,6 +187,10 @@ def _coerce(name: str, raw: str, kind: type) -> Any:
 
 def _with_db(url: str, db: int) -> str:
     """The same Redis server as ``url`` but database ``db``."""
+    from visionq.redisurl import is_socket, socket_with_db
+
+    if is_socket(url):
+        return socket_with_db(url, db)
     base, _, query = url.partition("?")
     scheme, sep, rest = base.partition("://")
     host, _slash, _path = rest.partition("/")
