@@ -87,6 +87,9 @@ class Settings:
         "", "Where the producer keeps local job manifests; empty means ~/.local/state/visionq."
     )
     metrics_port: int = _env_field(0, "Port of the worker's Prometheus endpoint; 0 is off.")
+    metrics_addr: str = _env_field(
+        "127.0.0.1", "Address the Prometheus endpoint binds; 0.0.0.0 serves other hosts too."
+    )
     log_level: str = _env_field("INFO", "Log level of visionq's own loggers.")
 
     # -- derived values -------------------------------------------------------------
