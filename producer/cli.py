@@ -33,6 +33,7 @@ from producer.errors import (
     OutputMismatch,
 )
 from visionq import __version__
+from visionq.protocol import InvalidJobId, validate_job_id
 from visionq.schema import dumps
 from visionq.settings import PRECISION_CHOICES, Settings, SettingsError
 
@@ -257,6 +258,10 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        validate_job_id(args.job_id)
+    except InvalidJobId as exc:
+        raise UsageError(str(exc)) from None
     with Client(settings=settings) as client:
         try:
             job = client.job(args.job_id)

@@ -152,7 +152,7 @@ class Client:
             raise ValueError("top_k must be at least 1")
         size = chunk_size or self.settings.effective_chunk_size
         queue = queue or self.settings.queue
-        job_id = job_id or uuid.uuid4().hex
+        job_id = protocol.validate_job_id(job_id or uuid.uuid4().hex)
         self.wait_ready()
         manifest = self._manifest(job_id)
         manifest.create(
@@ -175,6 +175,7 @@ class Client:
 
     def job(self, job_id: str) -> Job:
         """Reattach to a job submitted earlier, from this or another process."""
+        protocol.validate_job_id(job_id)
         self.wait_ready()
         manifest = self._manifest(job_id)
         manifest.meta()  # raises JobNotFound
