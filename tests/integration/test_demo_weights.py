@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from producer.embedded import stop_group
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.integration
@@ -44,11 +45,17 @@ def test_weights_step_refuses_an_altered_file_it_cannot_replace(tmp_path):
 
 @pytest.mark.skipif(not shutil.which("make"), reason="needs make")
 def test_make_demo_fetches_weights_or_says_it_is_offline(tmp_path):
-    proc = subprocess.run(["make", "-s", "demo"], cwd=ROOT, env=_env(tmp_path),
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    out = proc.stdout + proc.stderr
+    # Its own session, so a timeout stops the whole stack `visionq run` started.
+    proc = subprocess.Popen(["make", "-s", "demo"], cwd=ROOT, env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        stop_group(proc, grace=10)
+    out = stdout + stderr
     assert proc.returncode == 0, out[-3000:]
-    labels = [line.split(" -> ", 1)[1] for line in proc.stdout.splitlines() if " -> " in line]
+    labels = [line.split(" -> ", 1)[1] for line in stdout.splitlines() if " -> " in line]
     assert len(labels) == len(list((ROOT / "samples").glob("*.jpg"))), out[-3000:]
     checkpoint = tmp_path / "torch" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
     if "OFFLINE" in out:

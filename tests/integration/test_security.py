@@ -63,7 +63,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, weights_file: str) -> Iterat
     allowed, outside = base / "allowed", base / "outside"
     allowed.mkdir()
     outside.mkdir()
-    server = RedisServer(password=PASSWORD).start()
+    # TCP with a password: the password test restarts it at the same address.
+    server = RedisServer(port=free_port(), password=PASSWORD).start()
     target = RedisTarget(server.url(0), server.url(1), server)
     state = str(base / "state")
     env = worker_env(target, weights_file, state, VISIONQ_ALLOWED_ROOTS=str(allowed))
