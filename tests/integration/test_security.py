@@ -32,6 +32,7 @@ from tests.integration.harness import (
     visionq,
     wait_until,
 )
+from visionq.protocol import TASK_NAME
 from visionq.schema import ErrorType
 from visionq.settings import Settings
 
@@ -145,6 +146,19 @@ def test_allowed_roots_refuse_outside_paths_unopened(stack: Stack):
         assert (r["error"] or {}).get("type") == expected[r["path"]], r
         if not r["ok"]:
             assert "VISIONQ_ALLOWED_ROOTS" in r["error"]["message"]
+
+
+def test_task_with_an_unsafe_job_id_is_refused_by_the_worker(stack: Stack):
+    """A task published by someone else names its own job id: a glob must not become
+    Redis keys or patterns in the worker."""
+    img = make_corpus(stack.allowed / "jid", 1, seed=17)[0]
+    with Client(settings=stack.settings()) as client:
+        client.celery.send_task(TASK_NAME, args=("evil*job", 0, [img], 5), task_id="evil*job:0",
+                                queue="visionq")  # fmt: skip
+        wait_until(lambda: "refusing a task of an invalid job" in stack.worker.log_text(), 30,
+                   "the worker to refuse the task")  # fmt: skip
+        assert not list(client.redis.scan_iter(match="visionq:job:evil*"))
+    assert stack.worker.proc.poll() is None
 
 
 def test_pickle_message_is_refused(stack: Stack, tmp_path: Path):
