@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from visionq.redisurl import is_socket, socket_with_db
+
 PREFIX = "VISIONQ_"
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -190,8 +192,6 @@ def _coerce(name: str, raw: str, kind: type) -> Any:
 
 def _with_db(url: str, db: int) -> str:
     """The same Redis server as ``url`` but database ``db``."""
-    from visionq.redisurl import is_socket, socket_with_db
-
     if is_socket(url):
         return socket_with_db(url, db)
     base, _, query = url.partition("?")
