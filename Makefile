@@ -4,10 +4,11 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# The ImageNet weights are used when torchvision's cache has them; offline machines
-# fall back to seeded random weights (labels are then meaningless, the pipeline is not).
-TORCH_CACHE := $(or $(TORCH_HOME),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/torch)
-DEMO_WEIGHTS ?= $(if $(wildcard $(TORCH_CACHE)/hub/checkpoints/resnet18-f37072fd.pth),imagenet,random)
+# `make demo` fetches the ImageNet weights (hash-checked) into torchvision's cache, or checks
+# the copy already there, and shows real labels. Only when they cannot be downloaded (an
+# offline machine) does it fall back to seeded random weights, and it says so: the labels
+# are then meaningless, the pipeline is not. DEMO_WEIGHTS=<file|random> skips the fetch.
+DEMO_WEIGHTS ?=
 
 .PHONY: install demo test unit integration lint bench bench-gpu weights clean
 
@@ -19,8 +20,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: install
-	@echo "visionq run samples/ with weights=$(DEMO_WEIGHTS)$(if $(filter random,$(DEMO_WEIGHTS)), (ImageNet weights not cached: run 'make weights' online for real labels))"
-	$(VENV)/bin/visionq run samples/ --out demo-results.jsonl --weights $(DEMO_WEIGHTS)
+	@weights="$(DEMO_WEIGHTS)"; \
+	if [ -z "$$weights" ]; then \
+		VISIONQ_WEIGHTS=imagenet $(PY) -m workers.weights >/dev/null; rc=$$?; \
+		if [ $$rc -eq 0 ]; then weights=imagenet; \
+		elif [ $$rc -eq 2 ]; then weights=random; \
+			echo "OFFLINE: the ImageNet weights cannot be downloaded, so this demo uses random weights and its labels are meaningless; run 'make weights' online for real labels"; \
+		else exit $$rc; fi; \
+	fi; \
+	echo "visionq run samples/ with weights=$$weights"; \
+	$(VENV)/bin/visionq run samples/ --out demo-results.jsonl --weights $$weights
 	@$(PY) -c "import json; [print(r['path'].rsplit('/',1)[-1], '->', r['top_k'][0]['label'] if r['ok'] else r['error']) for r in map(json.loads, open('demo-results.jsonl'))]"
 
 test: install
@@ -44,7 +53,7 @@ bench-gpu: install
 	$(PY) -m benchmarks.gpu
 
 weights: install
-	$(PY) -c "from torchvision.models import ResNet18_Weights as W; W.IMAGENET1K_V1.get_state_dict(progress=True)"
+	VISIONQ_WEIGHTS=imagenet $(PY) -m workers.weights
 
 clean:
 	rm -rf .bench .pytest_cache .ruff_cache demo-results.jsonl

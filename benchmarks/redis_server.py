@@ -14,14 +14,14 @@ from producer.embedded import find_server
 
 @dataclass(frozen=True)
 class RedisServer:
-    port: int
+    server: EmbeddedRedis
     binary: str
 
     def url(self, db: int) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return self.server.url(db)
 
     def client(self, db: int = 0) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10)
+        return self.server.client(db, socket_timeout=10)
 
 
 def find_binary() -> str:
@@ -32,4 +32,4 @@ def find_binary() -> str:
 @contextmanager
 def private_redis() -> Iterator[RedisServer]:
     with EmbeddedRedis() as server:
-        yield RedisServer(server.port, server.binary.rsplit("/", 1)[-1])
+        yield RedisServer(server, server.binary.rsplit("/", 1)[-1])

@@ -17,6 +17,7 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import logging
@@ -45,6 +46,7 @@ from producer.errors import (
 )
 from producer.output import check_fresh
 from visionq import __version__
+from visionq.protocol import InvalidJobId, validate_job_id
 from visionq.schema import dumps
 from visionq.settings import PRECISION_CHOICES, Settings, SettingsError
 
@@ -299,7 +301,7 @@ def _collect(
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     paths = _paths(args)
-    job_id = args.resume or uuid.uuid4().hex
+    job_id = validate_job_id(args.resume or uuid.uuid4().hex)
     if args.out and not args.no_wait:
         check_fresh(args.out)  # refuse a foreign or busy --out before publishing
     with Client(settings=settings) as client:
@@ -327,6 +329,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
+    validate_job_id(args.job_id)  # before it names a file or a key
     with Client(settings=settings) as client:
         try:
             job = client.job(args.job_id)
@@ -336,6 +339,7 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    validate_job_id(args.job_id)
     with Client(settings=settings) as client:
         try:
             dropped = client.cancel(args.job_id)
@@ -362,6 +366,26 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if status.workers else EXIT_INCOMPLETE
 
 
+# An environment string is capped at 128 KiB by Linux (MAX_ARG_STRLEN).
+_MAX_ROOTS_LEN = 64 * 1024
+
+
+def _run_roots(args: argparse.Namespace) -> str:
+    """VISIONQ_ALLOWED_ROOTS for the worker of `visionq run`: exactly the folders and
+    files it was given. A listing too long for one variable (or naming a path with the
+    separator in it) is confined to the inputs' deepest common folder instead."""
+    if args.from_file:
+        fh = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")  # noqa: SIM115
+        with fh if fh is not sys.stdin else contextlib.nullcontext(fh):
+            args.paths = [*args.paths, *inputs.read_lines(fh)]
+        args.from_file = None
+    roots = sorted({os.path.abspath(os.path.expanduser(p)) for p in args.paths})
+    joined = os.pathsep.join(roots)
+    if roots and (len(joined) > _MAX_ROOTS_LEN or any(os.pathsep in r for r in roots)):
+        joined = os.path.commonpath(roots)
+    return joined
+
+
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if os.environ.get("VISIONQ_BROKER_URL"):
         log.info("VISIONQ_BROKER_URL is set: submitting to that deployment")
@@ -370,15 +394,20 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return cmd_submit(args, settings)
     from producer.embedded import LocalWorker, RedisServer
 
+    roots = _run_roots(args)
     paths = _paths(args)
     check_fresh(args.out)
     children = args.workers or (2 if (os.cpu_count() or 1) > 1 else 1)
+    # The private Redis listens on a unix socket in a 0700 folder with a random password
+    # (see RedisServer): no other local user can read, inject or forge anything.
     with tempfile.TemporaryDirectory(prefix="visionq-run-") as tmp, RedisServer() as server:
         env = {
             "VISIONQ_BROKER_URL": server.url(0),
             "VISIONQ_RESULT_BACKEND": server.url(1),
             "VISIONQ_QUEUE": settings.queue,
             "VISIONQ_STATE_DIR": tmp,
+            # The worker reads only what this command was given, whatever a task names.
+            "VISIONQ_ALLOWED_ROOTS": roots,
         }
         if args.weights:
             env["VISIONQ_WEIGHTS"] = args.weights
@@ -457,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError("--top-k and --chunk-size must be at least 1")
         settings = Settings.from_env()
         return VERBS[args.verb](args, settings)
-    except (UsageError, SettingsError, FileNotFoundError, InputError) as exc:
+    except (UsageError, SettingsError, FileNotFoundError, InputError, InvalidJobId) as exc:
         parser.error(str(exc))
     except (OutputRefused, JobBusy, JobNotSealed, ManifestMismatch) as exc:
         # Nothing was changed; say why, without a usage dump.

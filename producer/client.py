@@ -33,7 +33,8 @@ from producer.jobstore import JobStore
 from producer.manifest import LocalManifest, prune
 from producer.output import open_writer
 from visionq import protocol
-from visionq.celeryconf import celery_config
+from visionq.celeryconf import celery_config, redis_client_options
+from visionq.redisurl import redis_py_url
 from visionq.schema import ErrorType
 from visionq.settings import Settings
 
@@ -85,10 +86,11 @@ class Client:
         self.celery.conf.update(producer_config(self.settings))
         timeout = _socket_timeout(self.settings)
         self.redis = redis.Redis.from_url(
-            self.settings.backend_url,
+            redis_py_url(self.settings.backend_url),
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             health_check_interval=25,
+            **redis_client_options(self.settings.backend_url),
         )
 
     # -- connection -------------------------------------------------------------
@@ -170,8 +172,9 @@ class Client:
             raise ValueError("top_k must be at least 1")
         if chunk_size is not None and chunk_size < 0:
             raise ValueError("chunk_size must be positive, or 0 for self-sizing")
+        # Checked before anything else: a job id names files and Redis patterns.
+        job_id = protocol.validate_job_id(job_id or uuid.uuid4().hex)
         self.wait_ready()
-        job_id = job_id or uuid.uuid4().hex
         manifest = LocalManifest(self.settings.state_path, job_id)
         store = self._store(job_id)
         if resume:
@@ -206,6 +209,7 @@ class Client:
             JobNotFound: no manifest here; the message names the host that has it.
             JobNotSealed: the job's submit never finished.
         """
+        protocol.validate_job_id(job_id)
         self.wait_ready()
         manifest = LocalManifest(self.settings.state_path, job_id)
         if not manifest.exists():
@@ -229,13 +233,17 @@ class Client:
 
         Returns the number of queued tasks removed from the broker.
         """
+        protocol.validate_job_id(job_id)
         self.wait_ready()
         manifest = LocalManifest(self.settings.state_path, job_id)
         store = self._store(job_id)
         meta = (manifest.meta() if manifest.exists() else None) or store.meta()
         if meta is None:
             raise JobNotFound(f"job {job_id} is not known here nor in Redis")
-        broker = redis.Redis.from_url(self.settings.broker_url, **self._redis_options())
+        url = self.settings.broker_url
+        broker = redis.Redis.from_url(
+            redis_py_url(url), **self._redis_options(), **redis_client_options(url)
+        )
         try:
             dropped = self._guarded(store.cancel, meta.get("queue"), broker)
         finally:

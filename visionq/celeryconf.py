@@ -12,6 +12,10 @@ Why each delivery setting is what it is, from Celery and kombu behaviour and bug
 * ``rediss://`` without ``ssl_cert_reqs`` verifies the server's certificate: kombu
   alone would fall back to CERT_NONE (an unauthenticated "TLS" link) and Celery's
   backend would refuse the URL.
+* ``ssl_check_hostname`` is set, never left to redis-py's default: before 6.0 that
+  default was False, and a certificate issued to any name by a trusted CA was then
+  accepted (a man in the middle with any valid certificate). The floor is redis>=6
+  too, for URLs that bring their own ``ssl_*`` parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import ssl
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from visionq.redisurl import is_socket
 from visionq.settings import Settings
 
 
@@ -29,7 +34,14 @@ def tls_defaults(url: str) -> dict[str, Any] | None:
     parts = urlsplit(url)
     if parts.scheme != "rediss" or "ssl_cert_reqs" in parse_qs(parts.query):
         return None
-    return {"ssl_cert_reqs": ssl.CERT_REQUIRED}
+    return {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_check_hostname": True}
+
+
+def redis_client_options(url: str) -> dict[str, Any]:
+    """Keyword arguments for redis-py's ``Redis.from_url(url)``: for ``rediss://`` the
+    server's name is checked whatever the redis-py version's default (the URL's own
+    ``ssl_check_hostname`` still wins, as from_url lets URL options override)."""
+    return {"ssl_check_hostname": True} if urlsplit(url).scheme == "rediss" else {}
 
 
 def celery_config(s: Settings) -> dict[str, Any]:
@@ -45,8 +57,14 @@ def celery_config(s: Settings) -> dict[str, Any]:
         tls["broker_use_ssl"] = broker_tls
     if (backend_tls := tls_defaults(s.backend_url)) is not None:
         tls["redis_backend_use_ssl"] = backend_tls
+    backend_socket = {}
+    if not is_socket(s.backend_url):
+        # redis-py's UnixDomainSocketConnection takes no keepalive option; Celery's
+        # backend passes it through unfiltered (kombu drops it for the broker itself).
+        backend_socket["redis_socket_keepalive"] = True
     return {
         **tls,
+        **backend_socket,
         "broker_url": s.broker_url,
         "result_backend": s.backend_url,
         # JSON only: a pickle message is refused, never deserialized.
@@ -72,7 +90,6 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "redis_socket_timeout": 30,
         "redis_socket_connect_timeout": 10,
         "redis_retry_on_timeout": True,
-        "redis_socket_keepalive": True,
         "result_backend_always_retry": True,
         "result_backend_max_retries": 20,
         "result_expires": s.result_expires,

@@ -13,6 +13,8 @@ task messages.
 
 from __future__ import annotations
 
+import re
+
 TASK_NAME = "visionq.classify"
 RESULT_KEY_PREFIX = "celery-task-meta-"  # Celery's Redis backend key prefix
 JOB_PREFIX = "visionq:job:"
@@ -25,6 +27,28 @@ SUBMITTED = "submitted"  # every path is in the sealed manifest
 COMPLETE = "complete"  # every chunk was delivered to a sink
 CANCELLED = "cancelled"
 JOB_STATES = (SUBMITTING, SUBMITTED, COMPLETE, CANCELLED)
+
+
+# A job id names a manifest file in the state folder and Redis keys, channel patterns
+# (PSUBSCRIBE) and task ids ("JOB:CHUNK"): no path separators, no dots (".."), no glob
+# characters, no ':'. Generated ids are uuid4 hex, well inside this.
+JOB_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+
+
+class InvalidJobId(ValueError):
+    """A job id that could escape the state folder or widen a Redis pattern."""
+
+
+def validate_job_id(job_id: object) -> str:
+    """``job_id`` unchanged if it is safe to put in a file name and a Redis pattern
+    (1-128 letters, digits, '_' or '-', starting with a letter or digit); else
+    :class:`InvalidJobId`."""
+    if not isinstance(job_id, str) or not JOB_ID_RE.fullmatch(job_id):
+        raise InvalidJobId(
+            f"invalid job id {job_id!r}: use 1-128 letters, digits, '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return job_id
 
 
 def task_id(job_id: str, chunk: int) -> str:

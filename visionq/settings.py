@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from visionq.redisurl import is_socket, socket_with_db
 from visionq.urls import split_roots
 
 PREFIX = "VISIONQ_"
@@ -116,6 +117,9 @@ class Settings:
         3, "Retries (with backoff) of a fetch that timed out, failed to connect or got a 5xx."
     )
     metrics_port: int = _env_field(0, "Port of the worker's Prometheus endpoint; 0 is off.")
+    metrics_addr: str = _env_field(
+        "127.0.0.1", "Address the Prometheus endpoint binds; 0.0.0.0 serves other hosts too."
+    )
     log_level: str = _env_field("INFO", "Log level of visionq's own loggers.")
 
     # -- derived values -------------------------------------------------------------
@@ -217,6 +221,8 @@ def _coerce(name: str, raw: str, kind: type) -> Any:
 
 def _with_db(url: str, db: int) -> str:
     """The same Redis server as ``url`` but database ``db``."""
+    if is_socket(url):
+        return socket_with_db(url, db)
     base, _, query = url.partition("?")
     scheme, sep, rest = base.partition("://")
     host, _slash, _path = rest.partition("/")

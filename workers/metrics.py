@@ -87,12 +87,14 @@ def setup_parent(settings: Settings) -> None:
         _use_file_values(values)
         registry = CollectorRegistry(auto_describe=False)
         _ReapingCollector(registry, path=path)
-        # All interfaces: Prometheus scrapes workers from other hosts or containers.
-        # The endpoint offers counts only, no control.
-        server, _thread = start_http_server(port, registry=registry)
+        # Loopback unless VISIONQ_METRICS_ADDR says otherwise: the counts reveal job
+        # sizes and timing, and on a shared host every user could read them. Compose
+        # sets 0.0.0.0 inside its private network, where Prometheus scrapes from.
+        server, _thread = start_http_server(port, addr=settings.metrics_addr, registry=registry)
     except Exception as exc:
         # A taken port must not stop the node from classifying; say so loudly instead.
-        log.error("visionq metrics disabled: cannot serve on port %d: %s", port, exc)
+        log.error("visionq metrics disabled: cannot serve on %s:%d: %s",
+                  settings.metrics_addr, port, exc)  # fmt: skip
         os.environ.pop(MULTIPROC_ENV, None)
         shutil.rmtree(path, ignore_errors=True)
         return

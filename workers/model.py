@@ -1,13 +1,13 @@
 """Load ResNet-18 weights onto a device and warm it.
 
 Weights come from ``VISIONQ_WEIGHTS``: ``imagenet`` (torchvision's IMAGENET1K_V1
-through its normal ``TORCH_HOME`` cache), ``random`` (seeded, for smoke runs) or a
+file in its normal ``TORCH_HOME`` cache, hash-checked and loaded with
+``weights_only=True``: see :mod:`workers.weights`), ``random`` (seeded, for smoke runs) or a
 ``state_dict`` file. Every result names the weights that produced it by a short id.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torchvision.models import ResNet18_Weights, resnet18
 
+from workers import weights
 from workers.device import Placement
 from workers.errors import WeightsUnavailable
 from workers.precision import Fp32Head, autocast
@@ -36,43 +37,48 @@ class LoadedModel:
 
 def imagenet_checkpoint_path() -> str:
     """Where torchvision's cache keeps the IMAGENET1K_V1 file."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(IMAGENET.url))
+    return weights.imagenet_path()
 
 
 def _file_digest(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    return weights.sha256(path)[:12]
+
+
+def _imagenet() -> tuple[dict[str, torch.Tensor], str]:
+    target = imagenet_checkpoint_path()
+    if not os.path.isfile(target):
+        # First use on a host that can reach the network: fetch it (hash-checked,
+        # written to a temporary file and moved into place). Deployments that share
+        # the cache fetch it in a separate step and mount it read-only instead.
+        try:
+            weights.fetch(target)
+        except (OSError, weights.WeightsError) as exc:  # urllib raises URLError when offline
+            raise WeightsUnavailable(
+                f"ImageNet weights are not cached and could not be downloaded ({exc}). "
+                f"Put {weights.IMAGENET_FILE} (from {weights.IMAGENET_URL}) at {target}, "
+                "or set TORCH_HOME to a folder whose hub/checkpoints/ holds it, "
+                "or set VISIONQ_WEIGHTS to a state_dict file or to 'random'."
+            ) from exc
+    try:
+        return weights.load_imagenet(target)
+    except weights.WeightsError as exc:
+        raise WeightsUnavailable(str(exc)) from None
 
 
 def _load_state(spec: str) -> tuple[dict[str, torch.Tensor] | None, str]:
     if spec == "random":
         return None, f"random-seed{RANDOM_SEED}"
     if spec == "imagenet":
-        target = imagenet_checkpoint_path()
-        try:
-            state = IMAGENET.get_state_dict(progress=False, check_hash=False)
-        except Exception as exc:  # urllib raises many types when offline
-            raise WeightsUnavailable(
-                f"ImageNet weights are not cached and could not be downloaded ({exc}). "
-                f"Put {os.path.basename(IMAGENET.url)} (from {IMAGENET.url}) at {target}, "
-                "or set TORCH_HOME to a folder whose hub/checkpoints/ holds it, "
-                "or set VISIONQ_WEIGHTS to a state_dict file or to 'random'."
-            ) from exc
-        # torchvision names its files <arch>-<sha256 prefix>.pth
-        tag = os.path.splitext(os.path.basename(IMAGENET.url))[0].rpartition("-")[2]
-        return state, f"imagenet1k_v1-{tag}"
+        return _imagenet()
     path = os.path.abspath(os.path.expanduser(spec))
     if not os.path.isfile(path):
         raise WeightsUnavailable(
             f"VISIONQ_WEIGHTS={spec!r} is not 'imagenet', 'random' or an existing file ({path})"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailable(f"cannot load state_dict from {path}: {exc}") from exc
+        state = weights.load_state(path)
+    except weights.WeightsError as exc:
+        raise WeightsUnavailable(f"cannot load state_dict from {path}: {exc}") from None
     return state, f"file-{_file_digest(path)}"
 
 

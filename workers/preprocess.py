@@ -13,7 +13,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 from celery.exceptions import SoftTimeLimitExceeded
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 from torchvision.models import ResNet18_Weights
 
 from visionq.schema import ErrorType
@@ -31,6 +31,32 @@ _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 # blocks for reuse cut a 12 MP decode + resize by ~17% of CPU time; at most this many
 # blocks (64 MB) stay cached per process.
 _PILLOW_BLOCKS_CACHED = 4
+
+# Memory per image is bounded from its header, before decoding, for every mode: at most
+# what an 8-bit RGB image at the pixel limit costs (decoded, 4 bytes per pixel in
+# Pillow, plus its RGB copy, 4 more). Pixels alone do not bound it: a 16-bit PNG of
+# ~240 KB at the limit once cost ~1.7 GiB in _to_rgb through int64 arrays.
+BUDGET_BYTES_PER_PIXEL = 8
+RGB_BYTES = 4  # Pillow stores RGB as 4 bytes per pixel
+
+
+def _stored_bytes(mode: str) -> int:
+    """Bytes per pixel Pillow allocates for ``mode``: multi-band images use 4-byte
+    pixels; single-band ones their sample size (1 for 1/L/P, 2 for I;16, 4 for I/F)."""
+    info = ImageMode.getmode(mode)
+    return RGB_BYTES if len(info.bands) > 1 else max(1, int(info.typestr[-1]))
+
+
+def peak_bytes_per_pixel(mode: str) -> int:
+    """Peak bytes per pixel from decoding an image of ``mode`` to RGB (see _to_rgb)."""
+    stored = _stored_bytes(mode)
+    if mode in _SIXTEEN_BIT or mode == "F":
+        # Beside the decoded image: numpy's copy goes through Pillow's tobytes() (two
+        # copies for a moment), then the copy and its 8-bit version, then the 8-bit
+        # version and the RGB image. "F" is counted alike: Pillow takes it to RGB
+        # through an intermediate image too.
+        return stored + max(2 * stored, stored + 1, 1 + RGB_BYTES)
+    return stored + RGB_BYTES
 
 
 class Preprocessor:
@@ -59,6 +85,7 @@ class Preprocessor:
                     )
                 if self.jpeg_draft and img.format == "JPEG":
                     img.draft("RGB", (RESIZE, RESIZE))
+                self._check_memory(img, name)
                 img.load()
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageError(ErrorType.DECOMPRESSION_BOMB, f"{name}: {exc}") from None
@@ -83,14 +110,39 @@ class Preprocessor:
         except MemoryError:
             raise ImageError(ErrorType.UNSUPPORTED_IMAGE, f"{name}: too large to convert") from None
 
+    def _check_memory(self, img: Image.Image, name: str) -> None:
+        """Refuse, from the header alone, an image whose decoding would cost more than
+        an 8-bit RGB image at the pixel limit."""
+        w, h = img.size
+        try:
+            per_pixel = peak_bytes_per_pixel(img.mode)
+        except KeyError:
+            raise ImageError(
+                ErrorType.UNSUPPORTED_IMAGE, f"{name}: unsupported mode {img.mode}"
+            ) from None
+        need, budget = w * h * per_pixel, self.max_pixels * BUDGET_BYTES_PER_PIXEL
+        if need > budget:
+            raise ImageError(
+                ErrorType.DECOMPRESSION_BOMB,
+                f"{name} is {w}x{h} {img.mode}: decoding it takes ~{need >> 20} MiB, "
+                f"over the {budget >> 20} MiB per image that VISIONQ_MAX_IMAGE_PIXELS allows",
+            )
+
     @staticmethod
     def _to_rgb(img: Image.Image) -> Image.Image:
         if img.mode in _SIXTEEN_BIT:
             # convert("RGB") would clip 16-bit samples at 255 (a white image); keep the
-            # top 8 bits instead. Mode "I" is signed 32-bit: clip, so a hostile file's
-            # out-of-range samples saturate instead of wrapping around.
-            arr = np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255)
-            img = Image.fromarray(arr.astype(np.uint8))
+            # top 8 bits instead. Every step stays in the samples' own width, in place
+            # (never int64: 4x the memory of a 16-bit image, per temporary). Mode "I" is
+            # signed 32-bit: clipped first, so a hostile file's out-of-range samples
+            # saturate instead of wrapping around.
+            arr = np.array(img)  # a writable copy, same dtype
+            if img.mode == "I":
+                np.clip(arr, 0, 65535, out=arr)
+            arr >>= 8
+            small = arr.astype(np.uint8)
+            del arr
+            img = Image.fromarray(small)
         return img.convert("RGB")
 
     def __call__(self, fh: BinaryIO, name: str) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Any
 
 from celery.exceptions import Ignore
 
-from visionq.protocol import TASK_NAME
+from visionq.protocol import TASK_NAME, InvalidJobId, validate_job_id
 from workers import app, registry
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,11 @@ def classify(
     from workers import pipeline, runtime
     from workers.ledger import Ledger
 
+    try:
+        validate_job_id(job_id)  # it names Redis keys: never let a task pick arbitrary ones
+    except InvalidJobId as exc:
+        log.error("refusing a task of an invalid job: %s", exc)
+        raise Ignore() from None
     rt = runtime.current()
     registry.refresh(self.backend.client)
     ledger = Ledger(self.backend.client, job_id, rt.settings.result_expires)

@@ -33,9 +33,10 @@ class FlowerProcess:
             sys.executable, "-m", "celery", "-A", "workers", "flower",
             "--address=127.0.0.1", f"--port={self.port}",
         ]  # fmt: skip
-        if auth:
-            args.append(f"--basic-auth={auth[0]}:{auth[1]}")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VISIONQ_", "FLOWER_"))}
+        if auth:
+            # The environment form: --basic-auth on argv would show the password in ps.
+            env["FLOWER_BASIC_AUTH"] = f"{auth[0]}:{auth[1]}"
         env.update(
             VISIONQ_BROKER_URL=target.broker_url,
             VISIONQ_RESULT_BACKEND=target.backend_url,

@@ -131,7 +131,7 @@ def test_worker_node_killed_then_replaced(clean_redis, start_worker, corpus, tmp
 
 
 def test_redis_killed_and_restarted(start_worker, corpus, tmp_path):
-    server = RedisServer().start()
+    server = RedisServer(port=free_port()).start()  # TCP: restarted at the same address
     target = RedisTarget(server.url(0), server.url(1), server)
     try:
         worker = start_worker(

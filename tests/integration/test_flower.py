@@ -54,6 +54,9 @@ def test_flower_lists_worker_counts_events_and_requires_auth(
     flower.wait_ready()
     worker.wait_ready()
 
+    # The credentials came through FLOWER_BASIC_AUTH: nothing in ps shows them.
+    cmdline = Path(f"/proc/{flower.proc.pid}/cmdline").read_bytes().decode()
+    assert AUTH[1] not in cmdline and "--basic-auth" not in cmdline, cmdline
     # Without credentials the API, and the dashboard, refuse.
     assert flower.get("/api/workers", auth=False)[0] == 401
     assert flower.get("/", auth=False)[0] == 401

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-import redis
 
-from producer.embedded import RedisServer
+from producer.embedded import RedisServer, free_port
 from tests.conftest import RedisTarget, cli_env
 from tests.integration.harness import (
     FAULTINJECT,
@@ -48,7 +47,7 @@ def _run(args: list[str], target: RedisTarget, tmp_path: Path, timeout: float = 
 
 def test_redis_restarted_while_a_big_job_runs(start_worker, tmp_path):
     """Defect 1: a restart used to shift a positional manifest (12 288 paths twice)."""
-    server = RedisServer().start()
+    server = RedisServer(port=free_port()).start()  # TCP: restarted at the same address
     target = RedisTarget(server.url(0), server.url(1), server)
     try:
         start_worker(VISIONQ_BROKER_URL=target.broker_url,
@@ -129,7 +128,7 @@ def test_cancel_drops_queued_chunks(clean_redis, start_worker, tmp_path):
                         clean_redis, tmp_path)  # fmt: skip
     assert rc == 0, err
     job_id = out.strip()
-    broker = redis.Redis.from_url(clean_redis.broker_url)
+    broker = clean_redis.client(clean_redis.broker_url)
     assert broker.llen("visionq") == 100  # no worker yet: every chunk waits
     rc, _, err = _run(["cancel", job_id], clean_redis, tmp_path)
     assert rc == 0 and "100 queued chunks dropped" in err, err

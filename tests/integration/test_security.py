@@ -32,6 +32,7 @@ from tests.integration.harness import (
     visionq,
     wait_until,
 )
+from visionq.protocol import TASK_NAME
 from visionq.schema import ErrorType
 from visionq.settings import Settings
 
@@ -63,7 +64,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, weights_file: str) -> Iterat
     allowed, outside = base / "allowed", base / "outside"
     allowed.mkdir()
     outside.mkdir()
-    server = RedisServer(password=PASSWORD).start()
+    # TCP with a password: the password test restarts it at the same address.
+    server = RedisServer(port=free_port(), password=PASSWORD).start()
     target = RedisTarget(server.url(0), server.url(1), server)
     state = str(base / "state")
     env = worker_env(target, weights_file, state, VISIONQ_ALLOWED_ROOTS=str(allowed))
@@ -146,6 +148,19 @@ def test_allowed_roots_refuse_outside_paths_unopened(stack: Stack):
             assert "VISIONQ_ALLOWED_ROOTS" in r["error"]["message"]
 
 
+def test_task_with_an_unsafe_job_id_is_refused_by_the_worker(stack: Stack):
+    """A task published by someone else names its own job id: a glob must not become
+    Redis keys or patterns in the worker."""
+    img = make_corpus(stack.allowed / "jid", 1, seed=17)[0]
+    with Client(settings=stack.settings()) as client:
+        client.celery.send_task(TASK_NAME, args=("evil*job", 0, [img], 5), task_id="evil*job:0",
+                                queue="visionq")  # fmt: skip
+        wait_until(lambda: "refusing a task of an invalid job" in stack.worker.log_text(), 30,
+                   "the worker to refuse the task")  # fmt: skip
+        assert not list(client.redis.scan_iter(match="visionq:job:evil*"))
+    assert stack.worker.proc.poll() is None
+
+
 def test_pickle_message_is_refused(stack: Stack, tmp_path: Path):
     marker = tmp_path / "pickle-ran"
 
@@ -211,8 +226,8 @@ def test_password_redis_end_to_end_never_logs_it(stack: Stack, tmp_path: Path):
 # -- TLS --------------------------------------------------------------------------------
 
 
-def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a server certificate for 127.0.0.1, signed by it."""
+def _make_certs(folder: Path, san: str = "IP:127.0.0.1,DNS:localhost") -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for ``san``, signed by it."""
     names = ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem")
     ca_key, ca, key, csr, cert = (folder / n for n in names)
 
@@ -224,19 +239,21 @@ def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
             "-subj", "/CN=127.0.0.1")  # fmt: skip
     ext = folder / "san.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ext.write_text(f"subjectAltName={san}\n")
     openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
             "-CAcreateserial", "-out", str(cert), "-days", "1", "-extfile", str(ext))  # fmt: skip
     return ca, cert, key
 
 
 @contextlib.contextmanager
-def tls_redis(folder: Path) -> Iterator[tuple[int, Path]]:
-    """redis-server with TLS only (no plain port) and a password; yields (port, CA)."""
+def tls_redis(folder: Path, san: str | None = None) -> Iterator[tuple[int, Path]]:
+    """redis-server with TLS only (no plain port) and a password; yields (port, CA).
+
+    With ``san`` the server's certificate names those hosts instead of 127.0.0.1."""
     binary = shutil.which("redis-server")
     if not binary or not shutil.which("openssl"):
         pytest.skip("TLS test needs redis-server and openssl on PATH")
-    ca, cert, key = _make_certs(folder)
+    ca, cert, key = _make_certs(folder, san) if san else _make_certs(folder)
     port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
@@ -248,7 +265,8 @@ def tls_redis(folder: Path) -> Iterator[tuple[int, Path]]:
     try:
         import redis
 
-        probe = redis.Redis.from_url(_tls_url(port, ca, 0), socket_connect_timeout=1)
+        probe = redis.Redis.from_url(_tls_url(port, ca, 0), socket_connect_timeout=1,
+                                     ssl_check_hostname=not san)  # fmt: skip
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -301,3 +319,32 @@ def test_tls_redis_end_to_end(start_worker, tmp_path: Path, weights_file: str):
                            str(tmp_path / "state"), VISIONQ_REDIS_TIMEOUT="2")  # fmt: skip
         rc, _, err = finish(visionq(["submit", paths[0]], env_bare), 60)
         assert rc == 3 and "certificate verify failed" in err, err
+
+
+def test_tls_refuses_a_certificate_issued_for_another_name(start_worker, tmp_path: Path):
+    """A certificate from a trusted CA, but for another host: the man in the middle who
+    holds any valid certificate. Broker, backend and producer must all refuse it."""
+    with tls_redis(tmp_path, san="DNS:redis.other.example") as (port, ca):
+        paths = make_corpus(tmp_path / "imgs", 2, seed=51)
+        # The CA is trusted twice over: named in the URL, and as the system store (so the
+        # bare rediss:// URL, which gets visionq's own TLS defaults, trusts it too). Only
+        # the name is wrong.
+        for with_params in (True, False):
+            url_ca = ca if with_params else None
+            urls = {"VISIONQ_BROKER_URL": _tls_url(port, url_ca, 0),
+                    "VISIONQ_RESULT_BACKEND": _tls_url(port, url_ca, 1)}  # fmt: skip
+            name = f"wrongname{int(with_params)}@%h"
+            worker = start_worker(concurrency=1, name=name, wait=False, SSL_CERT_FILE=str(ca),
+                                  **urls)  # fmt: skip
+            try:
+                wait_until(lambda w=worker: "mismatch" in w.log_text(), 90,
+                           "the wrong-name certificate to be refused")  # fmt: skip
+                assert "Connected to" not in worker.log_text()
+            finally:
+                os.killpg(worker.proc.pid, signal.SIGKILL)
+            env = cli_env(RedisTarget(urls["VISIONQ_BROKER_URL"], urls["VISIONQ_RESULT_BACKEND"]),
+                          str(tmp_path / "state"), VISIONQ_REDIS_TIMEOUT="2",
+                          SSL_CERT_FILE=str(ca))  # fmt: skip
+            rc, _, err = finish(visionq(["submit", *paths], env), 60)
+            assert rc == 3 and "mismatch" in err, err
+            assert PASSWORD not in err

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from producer.client import Client
 from producer.errors import JobBusy, JobCancelled, JobNotSealed
@@ -40,7 +39,7 @@ def client(clean_redis: RedisTarget, tmp_path: Path) -> Iterator[Client]:
 
 @pytest.fixture
 def stub(clean_redis: RedisTarget) -> StubWorker:
-    return StubWorker(redis.Redis.from_url(clean_redis.broker_url), clean_redis.client())
+    return StubWorker(clean_redis.client(clean_redis.broker_url), clean_redis.client())
 
 
 class Serving:

@@ -33,7 +33,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 OPERATIONS = ROOT / "docs" / "operations.md"
 
 # What an operator must set; everything else has a default in the compose file.
-REQUIRED_ENV = {"FLOWER_PASSWORD": "flower-secret"}
+REQUIRED_ENV = {"FLOWER_PASSWORD": "flower-secret", "REDIS_PASSWORD": "redis-secret"}
 # VISIONQ_* names the compose file reads for itself; they never reach a container.
 COMPOSE_ONLY = {"VISIONQ_DATA"}
 
@@ -418,9 +418,14 @@ def test_flower_requires_auth_and_listens_on_loopback_only():
     flower = service("flower")
     args = argv(flower["command"])
     assert args[:4] == ["celery", "-A", "workers", "flower"], args
-    auth = option(args, "--basic-auth")
-    assert auth, "Flower needs --basic-auth"
-    assert re.fullmatch(r"[^:,]+:[^,]+", auth), "--basic-auth user:password"
+    # The password must not be on the command line (every user sees it in `ps`):
+    # Flower reads FLOWER_BASIC_AUTH from its environment instead.
+    assert option(args, "--basic-auth") is None, "--basic-auth puts the password in ps"
+    assert not any("flower-secret" in a for a in args)
+    auth = env_of(flower).get("FLOWER_BASIC_AUTH")
+    assert auth, "Flower needs FLOWER_BASIC_AUTH"
+    assert re.fullmatch(r"[^:,]+:[^,]+", auth), "FLOWER_BASIC_AUTH user:password"
+    assert auth.endswith(":flower-secret")
     ports = published(flower)
     assert ports, "Flower must be published for the operator"
     for host_ip, _, container_port in ports:
@@ -430,7 +435,40 @@ def test_flower_requires_auth_and_listens_on_loopback_only():
 
 def test_flower_password_has_no_default():
     with pytest.raises(KeyError, match="FLOWER_PASSWORD"):
-        load(COMPOSE, {})
+        load(COMPOSE, {"REDIS_PASSWORD": "redis-secret"})
+
+
+def test_redis_password_has_no_default():
+    # A fallback password would be documented, hence known: Redis must refuse to start
+    # (and every URL to resolve) until the operator sets one.
+    with pytest.raises(KeyError, match="REDIS_PASSWORD"):
+        load(COMPOSE, {"FLOWER_PASSWORD": "flower-secret"})
+    assert "REDIS_PASSWORD:-" not in COMPOSE.read_text()
+
+
+def test_workers_mount_the_models_read_only_and_one_step_writes_them():
+    torch_home = "/models"
+    worker = [m for m in mounts(service("worker")) if m["target"] == torch_home]
+    assert worker and worker[0]["read_only"], "workers must not be able to write the weights"
+    writers = [
+        name
+        for name, svc in compose()["services"].items()
+        if any(m["target"] == torch_home and not m["read_only"] for m in mounts(svc))
+    ]
+    assert writers == ["weights"], writers
+    weights = service("weights")
+    assert argv(weights["command"]) == ["python", "-m", "workers.weights"]
+    assert weights.get("restart") == "no"
+    assert not published(weights)
+    dep = service("worker")["depends_on"]["weights"]
+    assert dep["condition"] == "service_completed_successfully"
+    assert importlib.util.find_spec("workers.weights") is not None
+
+
+def test_worker_metrics_listen_inside_the_compose_network_only():
+    worker = service("worker")
+    assert env_of(worker).get("VISIONQ_METRICS_ADDR") == "0.0.0.0"
+    assert not published(worker)
 
 
 def test_producer_is_a_run_once_profile_writing_to_out():
