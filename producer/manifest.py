@@ -27,7 +27,7 @@ from typing import Any
 
 from producer.errors import JobNotFound, ManifestMismatch
 from visionq import protocol
-from visionq.chunks import ChunkEntry, checksum
+from visionq.chunks import ChunkEntry, PathHash, checksum
 
 _INDEX = struct.Struct("<QQI8s")  # byte offset, first position, count, checksum
 _SYNC_EVERY_S = 2.0
@@ -53,6 +53,7 @@ class LocalManifest:
         self._cut_paths = 0
         self._cut_offset = 0
         self._last_sync = 0.0
+        self._hash = PathHash()  # of the paths staged by this process, in order
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -76,6 +77,7 @@ class LocalManifest:
         """
         it = iter(paths)
         staged = self.meta()["images"]
+        self._hash = PathHash()
         if resume and staged:
             self._check_prefix(it, staged)
         count = staged
@@ -96,6 +98,8 @@ class LocalManifest:
     def _append(self, fh: Any, batch: list[str]) -> int:
         n = len(batch)
         if n:
+            for p in batch:
+                self._hash.add(p)
             fh.write(b"".join(encode_line(p) for p in batch))
             batch.clear()
             self.meta()["images"] += n
@@ -111,6 +115,7 @@ class LocalManifest:
         have = 0
         for have, old in enumerate(self.iter_paths(), 1):
             new = next(it, None)
+            self._hash.add(old)
             if new != old:
                 raise ManifestMismatch(
                     f"job {self.job_id}: input {have} is {new!r}, but the job has {old!r} "
@@ -120,9 +125,9 @@ class LocalManifest:
                 break
 
     def seal(self) -> None:
-        """Mark every path staged: from now on the job can complete."""
+        """Mark every path staged (after :meth:`stage`): from now on the job can complete."""
         meta = self.meta()
-        meta["sum"] = checksum(self.iter_paths())
+        meta["sum"] = self._hash.hexdigest()  # of every path, in order
         meta["state"] = protocol.SUBMITTED
         self._write_meta()
 
