@@ -27,7 +27,7 @@ import redis
 from celery import Celery
 from kombu.utils.url import maybe_sanitize_url
 
-from producer.collector import REDIS_ERRORS, Collector, publish_ahead
+from producer.collector import REDIS_ERRORS, Collector, publish_ahead, socket_timeout
 from producer.errors import BackendUnavailable, JobNotFound, JobNotSealed, ManifestMismatch
 from producer.jobstore import JobStore
 from producer.manifest import LocalManifest, prune
@@ -43,16 +43,10 @@ log = logging.getLogger(__name__)
 Record = dict[str, Any]
 
 
-def _socket_timeout(s: Settings) -> float:
-    # A paused Redis accepts connections and then answers nothing; each call must give
-    # up well within VISIONQ_REDIS_TIMEOUT so the retry loops around it stay bounded.
-    return max(1.0, min(10.0, s.redis_timeout / 3))
-
-
 def producer_config(s: Settings) -> dict[str, Any]:
     """The shared Celery configuration, with publishing bounded by the Redis timeout."""
     conf = celery_config(s)
-    timeout = _socket_timeout(s)
+    timeout = socket_timeout(s)
     conf["broker_transport_options"] = {
         **conf["broker_transport_options"],
         "socket_timeout": timeout,
@@ -84,7 +78,7 @@ class Client:
         self.settings = base.replace(broker_url=broker_url, result_backend=backend_url, queue=queue)
         self.celery = Celery("visionq-producer", set_as_current=False)
         self.celery.conf.update(producer_config(self.settings))
-        timeout = _socket_timeout(self.settings)
+        timeout = socket_timeout(self.settings)
         self.redis = redis.Redis.from_url(
             redis_py_url(self.settings.backend_url),
             socket_timeout=timeout,
@@ -258,7 +252,7 @@ class Client:
         return JobStore(self.redis, job_id, self.settings.result_expires)
 
     def _redis_options(self) -> dict[str, Any]:
-        timeout = _socket_timeout(self.settings)
+        timeout = socket_timeout(self.settings)
         return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
 
     def _guarded(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -32,6 +32,7 @@ from visionq import protocol
 from visionq.chunks import ChunkEntry, checksum
 from visionq.records import ChildRecord
 from visionq.schema import ErrorType, expand, failed_records
+from visionq.settings import Settings
 
 if TYPE_CHECKING:
     from producer.client import Client
@@ -39,7 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OperationalError, OSError)
-_SWEEP_EVERY = 2.0  # seconds between MGET sweeps, lease renewals and restart checks
+# The pattern subscription normally brings every result at once, but a subscriber can
+# miss messages (a reconnect; large results over a unix socket were seen to arrive late
+# or not at all), so results in flight are also read with MGET: the window is small,
+# and a chunk found this way is not fetched twice.
+_SWEEP_EVERY = 0.5
+_HOUSEKEEPING_EVERY = 2.0  # seconds between lease renewals, restart and stall checks
 _FLEET_EVERY = 5.0  # seconds between registry reads
 _MGET_BATCH = 500
 # A failed chunk waits before it is published again, doubling per failure: a mount or a
@@ -65,6 +71,13 @@ class Bits:
         if byte >= len(self.data):
             self.data.extend(bytes(byte + 1 - len(self.data)))
         self.data[byte] |= mask
+
+
+def socket_timeout(settings: Settings) -> float:
+    """How long one producer call to Redis may take before it counts as failed."""
+    # A paused Redis accepts connections and then answers nothing; each call must give
+    # up well within VISIONQ_REDIS_TIMEOUT so the retry loops around it stay bounded.
+    return max(1.0, min(10.0, settings.redis_timeout / 3))
 
 
 def read_fleet(client: redis.Redis) -> Fleet | None:
@@ -204,7 +217,7 @@ class Collector:
         self.have = set(have)
         try:
             self._attach()
-            next_sweep = 0.0
+            next_sweep = next_housekeeping = 0.0
             while not self._finished():
                 self._check_deadline()
                 ready: list[tuple[int, list[Record]]] = []
@@ -212,10 +225,13 @@ class Collector:
                     self._refill()
                     self._flush_owed()
                     messages = self._listen(0.25)
-                    if time.monotonic() >= next_sweep:
-                        messages += self._sweep()
+                    now = time.monotonic()
+                    if now >= next_sweep:
+                        messages += self._sweep(skip={c for c, _ in messages})
+                        next_sweep = now + _SWEEP_EVERY
+                    if now >= next_housekeeping:
                         self._housekeeping()
-                        next_sweep = time.monotonic() + _SWEEP_EVERY
+                        next_housekeeping = now + _HOUSEKEEPING_EVERY
                     for chunk, meta in messages:
                         records = self._handle(chunk, meta)
                         if records is not None:
@@ -307,20 +323,28 @@ class Collector:
     def _listen(self, wait: float) -> list[tuple[int, dict[str, Any]]]:
         if self.pubsub is None:
             self._connect()
-        out = []
-        msg = self.pubsub.get_message(timeout=wait)
-        while msg is not None:
-            if msg.get("type") == "pmessage":
+        out: list[tuple[int, dict[str, Any]]] = []
+        # Wait for the first byte, then read whole messages with the socket's timeout:
+        # redis-py applies get_message's timeout to the read itself, and a result of
+        # a few MB does not always arrive within it (over a unix socket it often did
+        # not), which broke the subscription mid-message.
+        conn = self.pubsub.connection
+        if conn is None or not conn.can_read(timeout=wait):
+            return out
+        read_timeout = socket_timeout(self.settings)
+        while True:
+            msg = self.pubsub.get_message(timeout=read_timeout)
+            if msg is not None and msg.get("type") == "pmessage":
                 _, chunk = protocol.parse_task_id(
                     msg["channel"].decode()[len(protocol.RESULT_KEY_PREFIX) :]
                 )
                 out.append((chunk, json.loads(msg["data"])))
-            msg = self.pubsub.get_message(timeout=0)
-        return out
+            if not conn.can_read(timeout=0):
+                return out
 
-    def _sweep(self) -> list[tuple[int, dict[str, Any]]]:
+    def _sweep(self, skip: set[int]) -> list[tuple[int, dict[str, Any]]]:
         out = []
-        order = sorted(self.inflight)
+        order = sorted(self.inflight - skip)
         for i in range(0, len(order), _MGET_BATCH):
             batch = order[i : i + _MGET_BATCH]
             values = self.redis.mget([protocol.result_key(self.job_id, c) for c in batch])
