@@ -11,7 +11,11 @@ from benchmarks.visionq_cli import chunk_label
 from benchmarks.visionq_e2e import HEADLINE_CHUNK
 
 FP32_RATIO = 0.97
-BF16_RATIO = 1.5
+# bf16 against the pool's own bf16: whether bf16 pays depends on the CPU (1.7x fp32 on
+# one of our machines, 0.65x on another), so the queue is judged against the same
+# precision in a plain pool.
+BF16_RATIO = 0.95
+INT8_RATIO = 2.5
 BF16_TOP1_PCT = 99.0
 PATHS_PER_S = 50_000
 REDIS_GROWTH_MB = 64
@@ -39,12 +43,15 @@ def reference_rate(rows: list[Row]) -> float | None:
 
 
 def evaluate(rows: list[Row]) -> list[Verdict]:
-    ref = reference_rate(rows)
     verdicts: list[Verdict] = []
 
-    for precision, ratio in (("fp32", FP32_RATIO), ("bf16", BF16_RATIO)):
+    for precision, against, ratio in (
+        ("fp32", "fp32", FP32_RATIO), ("bf16", "bf16", BF16_RATIO), ("int8", "fp32", INT8_RATIO),
+    ):  # fmt: skip
+        pool = _find(rows, "baseline", pool_name(against))
+        ref = pool.rate if pool else None
         run = f"visionq {precision} end to end ({chunk_label(HEADLINE_CHUNK)})"
-        target = f"{run} >= {ratio}x fp32 reference pool"
+        target = f"{run} >= {ratio}x {against} reference pool"
         row = _find(rows, "visionq", f"visionq {precision}, {chunk_label(HEADLINE_CHUNK)}")
         rate = row.rate if row else None
         if rate is None or ref is None:
