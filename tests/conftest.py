@@ -146,3 +146,13 @@ def sample_dir(tmp_path: Path) -> Path:
     for p in SAMPLES.glob("*.jpg"):
         shutil.copy(p, dest / p.name)
     return dest
+
+
+@pytest.fixture
+def restore_pillow_limit() -> Iterator[None]:
+    """Preprocessor sets Pillow's process-wide pixel limit; keep tests independent."""
+    from PIL import Image
+
+    saved = Image.MAX_IMAGE_PIXELS
+    yield
+    Image.MAX_IMAGE_PIXELS = saved

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 from pathlib import Path
 
@@ -65,3 +66,11 @@ def reference_probs(paths: list[str], weights: str) -> dict[str, np.ndarray]:
             x = preset(Image.open(p).convert("RGB")).unsqueeze(0)
             out[p] = model(x).softmax(1)[0].numpy()
     return out
+
+
+def encoded(img: Image.Image, fmt: str, **kw: object) -> io.BytesIO:
+    """``img`` saved as ``fmt`` into a rewound in-memory file."""
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    buf.seek(0)
+    return buf

@@ -11,29 +11,16 @@ import io
 
 import pytest
 import torch
-from PIL import Image
 
-from tests.images import SAMPLES, photo
+from tests.images import SAMPLES, encoded, photo
 from visionq.schema import ErrorType
 from workers.errors import ImageError
 from workers.gpu_decode import Encoded, GpuDecoder
 from workers.preprocess import Preprocessor
 
+pytestmark = pytest.mark.usefixtures("restore_pillow_limit")
+
 PRE = Preprocessor(max_pixels=89_478_485)
-
-
-@pytest.fixture(autouse=True)
-def _restore_pillow_limit():
-    saved = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = saved
-
-
-def _bytes(img: Image.Image, fmt: str, **kw) -> io.BytesIO:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    buf.seek(0)
-    return buf
 
 
 def test_jpegs_take_the_batch_path_and_match_the_exact_path_closely():
@@ -51,7 +38,7 @@ def test_jpegs_take_the_batch_path_and_match_the_exact_path_closely():
 
 def test_other_formats_decode_on_the_cpu_exactly():
     dec = GpuDecoder("cpu", PRE)
-    png = _bytes(photo(), "PNG")
+    png = encoded(photo(), "PNG")
     got = dec.read(png, "cat.png")
     assert isinstance(got, torch.Tensor)
     png.seek(0)
@@ -63,13 +50,13 @@ def test_other_formats_decode_on_the_cpu_exactly():
 def test_bounds_apply_before_any_pixel_is_decoded():
     dec = GpuDecoder("cpu", Preprocessor(max_pixels=10_000))
     with pytest.raises(ImageError) as err:
-        dec.read(_bytes(photo(), "JPEG"), "big.jpg")
+        dec.read(encoded(photo(), "JPEG"), "big.jpg")
     assert err.value.etype == ErrorType.DECOMPRESSION_BOMB
 
 
 def test_a_corrupt_jpeg_in_a_batch_costs_only_itself():
     dec = GpuDecoder("cpu", PRE)
-    good = _bytes(photo(), "JPEG").getvalue()
+    good = encoded(photo(), "JPEG").getvalue()
     # A valid header and a body of garbage: the header check passes, decoding fails.
     bad = good[:600] + bytes(range(256)) * 40
     items = [
@@ -85,5 +72,5 @@ def test_a_corrupt_jpeg_in_a_batch_costs_only_itself():
 
 def test_cmyk_jpegs_fall_back_to_the_cpu_path():
     dec = GpuDecoder("cpu", PRE)
-    got = dec.read(_bytes(photo().convert("CMYK"), "JPEG"), "cmyk.jpg")
+    got = dec.read(encoded(photo().convert("CMYK"), "JPEG"), "cmyk.jpg")
     assert isinstance(got, torch.Tensor) and got.shape == (3, 224, 224)

@@ -10,28 +10,15 @@ import torch
 from PIL import Image
 from torchvision.models import ResNet18_Weights
 
-from tests.images import SAMPLES, photo
+from tests.images import SAMPLES, encoded, photo
 from visionq.schema import ErrorType
 from workers.errors import ImageError
 from workers.preprocess import Preprocessor
 
+pytestmark = pytest.mark.usefixtures("restore_pillow_limit")
+
 PRE = Preprocessor(max_pixels=89_478_485)
 PRESET = ResNet18_Weights.IMAGENET1K_V1.transforms()
-
-
-@pytest.fixture(autouse=True)
-def _restore_pillow_limit():
-    # Preprocessor sets Pillow's process-wide pixel limit; keep tests independent.
-    saved = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = saved
-
-
-def _bytes(img: Image.Image, fmt: str, **kw) -> io.BytesIO:
-    buf = io.BytesIO()
-    img.save(buf, fmt, **kw)
-    buf.seek(0)
-    return buf
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAMPLES.glob("*.jpg")))
@@ -47,14 +34,14 @@ def test_identical_to_torchvision_preset(name):
 def test_modes_convert_like_the_reference(mode):
     img = photo().convert(mode)
     fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"
-    ours = PRE(_bytes(img, fmt), "x")
-    ref = PRESET(Image.open(_bytes(img, fmt)).convert("RGB"))
+    ours = PRE(encoded(img, fmt), "x")
+    ref = PRESET(Image.open(encoded(img, fmt)).convert("RGB"))
     assert torch.equal(ours, ref)
 
 
 def test_sixteen_bit_keeps_its_contrast():
     arr = (np.linspace(0, 65535, 300 * 300).reshape(300, 300)).astype(np.uint16)
-    t = PRE(_bytes(Image.fromarray(arr), "PNG"), "x")
+    t = PRE(encoded(Image.fromarray(arr), "PNG"), "x")
     assert t.std() > 0.5  # clipping at 255 would make it nearly uniform
 
 
@@ -65,14 +52,14 @@ def _etype(fh: io.BytesIO, pre: Preprocessor = PRE) -> str:
 
 
 def test_bad_inputs_raise_image_errors():
-    jpeg = _bytes(photo(), "JPEG").getvalue()
+    jpeg = encoded(photo(), "JPEG").getvalue()
     assert _etype(io.BytesIO(jpeg[: len(jpeg) // 2])) == ErrorType.UNREADABLE_IMAGE
     assert _etype(io.BytesIO(b"plain text, not an image")) == ErrorType.UNREADABLE_IMAGE
     strip = Image.new("RGB", (6500, 100))
-    assert _etype(_bytes(strip, "PNG")) == ErrorType.UNSUPPORTED_IMAGE
+    assert _etype(encoded(strip, "PNG")) == ErrorType.UNSUPPORTED_IMAGE
     # Over the pixel limit, even below Pillow's 2x hard error, is a decompression bomb.
     small_limit = Preprocessor(max_pixels=100 * 100)
-    assert _etype(_bytes(Image.new("L", (150, 150)), "PNG"), small_limit) == (
+    assert _etype(encoded(Image.new("L", (150, 150)), "PNG"), small_limit) == (
         ErrorType.DECOMPRESSION_BOMB
     )
 

@@ -13,15 +13,10 @@ from visionq.schema import ErrorType
 from workers.errors import ImageError
 from workers.preprocess import Preprocessor
 
+pytestmark = pytest.mark.usefixtures("restore_pillow_limit")
+
 W, H = 3000, 2000  # 6 Mpx: big enough to measure, small enough to stay fast
 LIMIT = int(W * H * 1.05)  # the image is at 95% of VISIONQ_MAX_IMAGE_PIXELS
-
-
-@pytest.fixture(autouse=True)
-def _restore_pillow_limit():
-    saved = Image.MAX_IMAGE_PIXELS
-    yield
-    Image.MAX_IMAGE_PIXELS = saved
 
 
 def sixteen_bit_png() -> io.BytesIO:
