@@ -203,7 +203,6 @@ class Collector:
         self.stall_wait = self.settings.stall_timeout
         self.offline_since: float | None = None
         self.next_fleet = 0.0
-        self.host_failures = 0
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -413,11 +412,7 @@ class Collector:
             with contextlib.suppress(ValueError, TypeError):
                 self.sizer.observe(len(paths), float(result.get("ms", 0)) / 1000)
             self._progress()
-            records = list(expand(result, self.job_id))
-            self.host_failures += sum(
-                1 for r in records if not r["ok"] and r["error"]["type"] == ErrorType.HOST_FAILURE
-            )
-            return records
+            return list(expand(result, self.job_id))
         if status in ("FAILURE", "REVOKED"):
             reason = result.get("exc_message") if isinstance(result, dict) else result
             return self._retry(chunk, f"{status}: {reason}")
@@ -436,7 +431,6 @@ class Collector:
             log.error("chunk %d failed %d times, giving up: %s", chunk, limit, reason)
             self.inflight.discard(chunk)
             self.owed.discard(chunk)
-            self.host_failures += n
             return failed_records(
                 self.manifest.entry(chunk).paths, self.job_id, chunk, ErrorType.CHUNK_FAILED,
                 f"chunk failed {limit} times; last error: {reason}",

@@ -80,22 +80,21 @@ class LocalManifest:
         self._hash = PathHash()
         if resume and staged:
             self._check_prefix(it, staged)
-        count = staged
         with open(self.paths_path, "ab") as fh:
             batch: list[str] = []
             try:
                 for path in it:
                     batch.append(path)
                     if len(batch) >= 4096:
-                        count += self._append(fh, batch)
+                        self._append(fh, batch)
             finally:
                 # What was read before an interruption is staged, so a resume skips it.
-                count += self._append(fh, batch)
+                self._append(fh, batch)
                 fh.flush()
                 os.fsync(fh.fileno())
-        return count
+        return self.images
 
-    def _append(self, fh: Any, batch: list[str]) -> int:
+    def _append(self, fh: Any, batch: list[str]) -> None:
         n = len(batch)
         if n:
             for p in batch:
@@ -109,7 +108,6 @@ class LocalManifest:
                 self._last_sync = time.monotonic()
                 fh.flush()
                 self._write_meta()
-        return n
 
     def _check_prefix(self, it: Iterator[str], staged: int) -> None:
         have = 0
