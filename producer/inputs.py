@@ -8,12 +8,13 @@ import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from producer import remote
 from visionq.urls import is_url
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Entries of one folder sorted by name before the rest streams unsorted: bounds the
 # memory a walk holds (a DirEntry is ~200 bytes) on folders of millions of files.
@@ -178,12 +179,13 @@ def read_lines(fh: TextIO) -> Iterator[str]:
             yield line
 
 
-def chunked(paths: Iterable[str], size: int) -> Iterator[list[str]]:
+def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of ``size`` consecutive items (the last may be shorter), lazily."""
     if size < 1:
         raise ValueError("chunk size must be at least 1")
-    chunk: list[str] = []
-    for path in paths:
-        chunk.append(path)
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
         if len(chunk) == size:
             yield chunk
             chunk = []

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from producer.errors import JobBusy
+from producer.inputs import chunked
 from visionq import protocol
 
 # Long enough to ride out a few missed renewals, short enough that a collector that
@@ -149,7 +150,7 @@ class JobStore:
         pipe.set(protocol.cancelled_key(self.job_id), 1, ex=self.ttl)
         pipe.delete(*self.keys.all())
         pipe.execute()
-        for keys in _batched(self.redis.scan_iter(protocol.result_pattern(self.job_id), 1000)):
+        for keys in chunked(self.redis.scan_iter(protocol.result_pattern(self.job_id), 1000), 1000):
             self.redis.delete(*keys)
         return drop_queued(broker, queue, self.job_id) if broker is not None and queue else 0
 
@@ -185,14 +186,3 @@ def drop_queued(broker: redis.Redis, queue: str, job_id: str) -> int:
         if isinstance(tid, str) and tid.startswith(prefix):
             dropped += int(broker.lrem(queue, 1, raw))
     return dropped
-
-
-def _batched(it: Iterable[Any], n: int = 1000) -> Iterable[list[Any]]:
-    batch: list[Any] = []
-    for item in it:
-        batch.append(item)
-        if len(batch) >= n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
