@@ -101,6 +101,11 @@ class Settings:
     stall_timeout: float = _env_field(
         300.0, "Seconds without any result before the producer re-publishes pending chunks."
     )
+    consumer_patience: float = _env_field(
+        30.0,
+        "Seconds a worker may hold no task while its queue has some before it reconnects "
+        "its consumer (a consumer stuck after a broker restart); 0 turns the check off.",
+    )
     state_dir: str = _env_field(
         "", "Where the producer keeps local job manifests; empty means ~/.local/state/visionq."
     )

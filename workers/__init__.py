@@ -12,6 +12,7 @@ import logging
 
 from celery import Celery
 
+from workers import watchdog
 from workers.config import load
 
 settings, _conf = load()
@@ -20,6 +21,9 @@ app = Celery("visionq")
 app.conf.update(_conf)
 
 logging.getLogger("workers").setLevel(settings.log_level.upper())
+
+# Liveness by consumption, not by pid: see workers.watchdog.
+app.steps["consumer"].add(watchdog.step(settings.consumer_patience))
 
 # Registered for their side effects: the task and the lifecycle hooks.
 from workers import signals, tasks  # noqa: E402, F401

@@ -8,6 +8,10 @@ It wraps ``PIL.Image.open`` and ``os.open`` so that opening a file whose name co
 * ``HANG`` sleeps for an hour (a decoder stuck in a loop: only time limits end it);
 * ``EIOMNT`` fails to open with EIO while the file VISIONQ_FAULT_EIO_FLAG names exists.
 
+With VISIONQ_FAULT_DEAF_FLAG set, the next broker channel that starts consuming the task
+queue while that file exists never polls it (and the file is removed): a consumer that
+reconnects and then takes nothing, as in celery#8030 and #10205.
+
 The worker itself stays the unmodified ``celery -A workers worker -P prefork``.
 """
 
@@ -58,3 +62,28 @@ if os.environ.get("VISIONQ_FAULTS") == "1":
             return _real_os_open(path, flags, mode, dir_fd=dir_fd)
 
         os.open = _eio_open
+
+    # A consumer connected but deaf: its channel never sends the BRPOP that fetches
+    # tasks. One channel only, so a reconnect (the watchdog's remedy) cures it.
+    _deaf_flag = os.environ.get("VISIONQ_FAULT_DEAF_FLAG")
+    if _deaf_flag:
+        from kombu.transport import redis as _kombu_redis
+
+        _task_queue = os.environ.get("VISIONQ_QUEUE", "visionq")
+        _Channel = _kombu_redis.Channel
+        _real_consume = _Channel.basic_consume
+        _real_brpop_start = _Channel._brpop_start
+
+        def _consume(self: Any, queue: str, *args: Any, **kwargs: Any) -> Any:
+            if queue == _task_queue and os.path.exists(_deaf_flag):
+                os.unlink(_deaf_flag)
+                self._visionq_deaf = True
+            return _real_consume(self, queue, *args, **kwargs)
+
+        def _brpop_start(self: Any, timeout: Any = None) -> Any:
+            if getattr(self, "_visionq_deaf", False):
+                return None
+            return _real_brpop_start(self, timeout)
+
+        _Channel.basic_consume = _consume
+        _Channel._brpop_start = _brpop_start

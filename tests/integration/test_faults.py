@@ -151,7 +151,7 @@ def test_redis_killed_and_restarted(start_worker, corpus, tmp_path):
         server = RedisServer(port=server.port).start()
         rc, _, err = finish(cli, 240)
         done = time.monotonic()
-        assert rc == 0, err
+        assert rc == 0, err + worker.log_text()[-6000:]
         records = read_records(out)
         assert_exactly_once("Redis SIGKILL + restart", records, corpus, done - start)
         print(f"FIGURE Redis SIGKILL + restart: complete {done - restarted:.1f} s after restart")
@@ -161,6 +161,36 @@ def test_redis_killed_and_restarted(start_worker, corpus, tmp_path):
         assert log.count("Connected to redis://") >= 2, log[-3000:]  # and it reconnected
     finally:
         server.stop()
+
+
+def test_consumer_deaf_after_a_reconnect_is_reconnected(clean_redis, start_worker, corpus,
+                                                         tmp_path):  # fmt: skip
+    # A worker that reconnects and then takes nothing (celery#8030, #10205) looks alive
+    # by its pid. The watchdog sees work waiting while the worker holds none and makes
+    # the consumer connect again.
+    flag = tmp_path / "deaf"
+    worker = start_worker(
+        concurrency=2, PYTHONPATH=FAULTINJECT, VISIONQ_FAULTS="1",
+        VISIONQ_FAULT_DEAF_FLAG=str(flag), VISIONQ_CONSUMER_PATIENCE="4",
+    )  # fmt: skip
+    pid = worker.proc.pid
+    flag.touch()
+    broker = clean_redis.client(clean_redis.broker_url)
+    consumers = [c["id"] for c in broker.client_list() if c.get("cmd") == "brpop"]
+    assert consumers, "the worker's consumer must be waiting on its queue"
+    for client_id in consumers:
+        broker.client_kill_filter(_id=client_id)
+    wait_until(lambda: not flag.exists(), 30, "the reconnect that makes the consumer deaf")
+    out = tmp_path / "r.jsonl"
+    start = time.monotonic()
+    rc, _, err = finish(_submit(clean_redis, tmp_path, corpus[:64], out, timeout=120), 150)
+    took = time.monotonic() - start
+    assert rc == 0, err + worker.log_text()[-3000:]
+    assert_exactly_once("deaf consumer", read_records(out), corpus[:64], took)
+    log = worker.log_text()
+    assert "consumer took nothing for 4 s" in log, log[-3000:]
+    print(f"FIGURE deaf consumer: job done {took:.1f} s after submit")
+    assert worker.proc.poll() is None and worker.proc.pid == pid
 
 
 def test_collect_killed_and_resumed(clean_redis, start_worker, corpus, tmp_path):
