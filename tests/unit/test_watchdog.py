@@ -40,7 +40,7 @@ class _Consumer:
 
 def _watchdog(clean_redis, queues: set[str]):
     c = SimpleNamespace(app=app, task_consumer=_Consumer(queues))
-    dog = step(0.0001)(c)
+    dog = step(10.0)(c)
     dog.probe = QueueProbe(clean_redis.broker_url, dog.queue)
     return c, dog
 
@@ -50,6 +50,8 @@ def test_check_raises_a_connection_error_when_work_waits_for_an_idle_consumer(cl
     clean_redis.client(clean_redis.broker_url).lpush(dog.queue, b"{}")
     assert not state.reserved_requests
     dog.check(c)  # starts the clock
+    dog.check(c)  # not yet: 10 s of patience
+    dog.stall.since -= 10.0  # as if the first look had been 10 s ago
     with pytest.raises(ConsumerStuck) as info:
         dog.check(c)
     assert isinstance(info.value, ConnectionError)  # what Celery reconnects on
@@ -59,10 +61,12 @@ def test_check_leaves_alone_an_empty_queue_and_a_cancelled_consumer(clean_redis)
     c, dog = _watchdog(clean_redis, {app.conf.task_default_queue})
     for _ in range(3):
         dog.check(c)  # empty queue
+        assert dog.stall.since is None
     clean_redis.client(clean_redis.broker_url).lpush(dog.queue, b"{}")
     c.task_consumer = _Consumer(set())  # `celery control cancel_consumer`: deliberate
     for _ in range(3):
         dog.check(c)
+        assert dog.stall.since is None
 
 
 def test_an_unreachable_broker_is_left_to_celerys_own_reconnect():
