@@ -214,9 +214,11 @@ ABOUT = """\
   the queue, Redis or the producer. The int8 row is the opt-in `VISIONQ_PRECISION=int8`
   (static x86 quantization), calibrated on 64 other crops of the same photos, never measured.
 - **remote**: the same warm fp32 worker on the same corpus twice, at the default chunk size: from
-  local paths, then as URLs from a loopback HTTP server that waits 50 ms before each answer.
+  local paths, then as URLs from a loopback HTTP server that waits 50 ms before each answer
+  (keep-alive and TCP_NODELAY, as object stores and CDNs answer). The server runs in the
+  benchmark's own process, so its CPU comes out of the same 2 cores as the children's.
   Each pool child fetches ahead of its decoder (`VISIONQ_FETCH_CONCURRENCY`), so the latency
-  should hide behind the forward pass.
+  should hide behind the forward pass; what cannot hide is the first fetch of each chunk.
 - **missing-path job**: a manifest of paths that do not exist, so no image is decoded and no model
   runs: what remains is the queue's own cost per path, the producer's memory and what a finished
   job leaves in Redis.

@@ -1,16 +1,17 @@
-"""Open what a task names: a local file through ``PathPolicy``, or a URL through fsspec.
+"""Open what a task names: a local file through ``PathPolicy``, or a URL.
 
-URLs (``s3://``, ``http(s)://``, and other fsspec schemes whose package is installed)
-are fetched ahead of the decoder by :mod:`workers.fetch`. Every URL is checked before
-any request: the scheme must be one that reaches a remote store (never ``file://``,
-an in-memory or a chained ``a::b`` filesystem), and with ``VISIONQ_ALLOWED_ROOTS`` set
-it must lie under one of its URL prefixes. HTTP redirects are followed here, hop by hop,
-and each hop is held to the same rules, so a redirect can never leave the roots or
-http(s). Size and pixel limits apply while the body streams in, before it is whole.
+URLs are fetched ahead of the decoder by :mod:`workers.fetch`: ``http(s)://`` through
+urllib3's keep-alive pools, ``s3://`` and other schemes through fsspec and the scheme's
+package. Every URL is checked before any request: the scheme must be one that reaches a
+remote store (never ``file://``, an in-memory or a chained ``a::b`` filesystem), and with
+``VISIONQ_ALLOWED_ROOTS`` set it must lie under one of its URL prefixes. HTTP redirects
+are followed here, hop by hop, and each hop is held to the same rules, so a redirect can
+never leave the roots or http(s). Size and pixel limits apply while the body streams in,
+before it is whole.
 
-fsspec and its backends are imported only here, in pool children, on the first URL:
-the Celery parent never loads them, and a worker without the extra installed answers
-each URL with an ``UnsupportedSource`` error naming the extra to install.
+urllib3, fsspec and fsspec's backends are imported only here, in pool children, on the
+first URL: the Celery parent never loads them, and a worker without the extra installed
+answers each URL with an ``UnsupportedSource`` error naming the extra to install.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import random
 import threading
 import time
+import urllib.request
 import warnings
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +71,9 @@ class RemoteSource:
         self.max_pixels = settings.max_image_pixels
         self.timeout = settings.fetch_timeout
         self.retries = max(0, settings.fetch_retries)
+        self.pool_size = max(1, settings.fetch_concurrency)
         self._fs: dict[str, Any] = {}
+        self._http_client: _HTTPClient | None = None
         self._last_answer: dict[str, float] = {}  # endpoint -> when it last answered
         self._lock = threading.Lock()
 
@@ -143,26 +147,27 @@ class RemoteSource:
             self._last_answer[ep] = time.monotonic()
 
     def _http(self, url: str, ticket: Ticket) -> bytes:
-        fs = self.filesystem("http")  # first: a missing extra is UnsupportedSource
-        from fsspec.asyn import sync
-        from fsspec.implementations.http import HTTPStreamFile
-
-        session = sync(fs.loop, fs.set_session)
+        client = self.http_client()  # first: a missing extra is UnsupportedSource
         target = url
         for _hop in range(MAX_REDIRECTS + 1):
-            # One streamed GET; redirects come back to us so every hop is checked.
-            f = HTTPStreamFile(
-                fs, target, mode="rb", loop=fs.loop, session=session, allow_redirects=False
-            )
+            # Redirects come back to us so every hop is checked.
+            r = client.get(target)
+            whole = False
             try:
-                if f.r.status in (301, 302, 303, 307, 308):
-                    target = self._redirect(url, target, f.r.headers.get("Location"))
+                if r.status in (301, 302, 303, 307, 308):
+                    target = self._redirect(url, target, r.headers.get("Location"))
                     continue
-                length = f.r.headers.get("Content-Length")
+                if r.status >= 400:
+                    raise _HTTPStatus(r.status)
+                length = r.headers.get("Content-Length")
                 size = int(length) if length and length.isdigit() else None
-                return self._read(url, f, size, ticket)
+                body = self._read(url, r, size, ticket)
+                whole = True
+                return body
             finally:
-                f.close()
+                if not whole:
+                    r.close()  # a body cut short (a limit, an error) drops its connection
+                r.release_conn()  # one read to its end is kept alive for the next fetch
         raise ImageError(ErrorType.FETCH_FAILED, f"{url}: more than {MAX_REDIRECTS} redirects")
 
     def _redirect(self, url: str, current: str, location: str | None) -> str:
@@ -244,29 +249,29 @@ class RemoteSource:
 
     # -- filesystems ----------------------------------------------------------------
 
-    def filesystem(self, scheme: str) -> Any:
-        key = "http" if scheme in HTTP else scheme
+    def http_client(self) -> _HTTPClient:
         with self._lock:
-            if key not in self._fs:
-                self._fs[key] = self._make(key)
-            return self._fs[key]
+            if self._http_client is None:
+                try:
+                    self._http_client = _HTTPClient(self.timeout, self.pool_size)
+                except ImportError as exc:
+                    raise ImageError(
+                        ErrorType.UNSUPPORTED_SOURCE,
+                        f"this worker cannot read http(s):// URLs ({exc}); "
+                        'pip install "visionq[http]" on the worker',
+                    ) from None
+            return self._http_client
+
+    def filesystem(self, scheme: str) -> Any:
+        with self._lock:
+            if scheme not in self._fs:
+                self._fs[scheme] = self._make(scheme)
+            return self._fs[scheme]
 
     def _make(self, scheme: str) -> Any:
         try:
             import fsspec
 
-            if scheme == "http":
-                import aiohttp
-
-                # trust_env: HTTP(S)_PROXY / NO_PROXY, as every HTTP client does.
-                timeout = aiohttp.ClientTimeout(
-                    total=None, sock_connect=self.timeout, sock_read=self.timeout
-                )
-                return fsspec.filesystem(
-                    "http",
-                    client_kwargs={"trust_env": True, "timeout": timeout},
-                    skip_instance_cache=True,
-                )
             if scheme in ("s3", "s3a"):
                 # Credentials, region and AWS_ENDPOINT_URL come from the standard AWS
                 # variables and files. Retries are ours (VISIONQ_FETCH_RETRIES), not
@@ -296,6 +301,57 @@ class RemoteSource:
             raise ImageError(
                 ErrorType.UNSUPPORTED_SOURCE, f"no filesystem for {scheme}:// URLs: {exc}"
             ) from None
+
+
+class _HTTPStatus(Exception):
+    """An HTTP answer that is not a body or a redirect; ``_classify`` reads ``status``."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class _HTTPClient:
+    """Keep-alive connection pools for http(s) fetches, direct or through the proxy that
+    HTTP_PROXY / HTTPS_PROXY name (NO_PROXY honoured), as every HTTP client does.
+
+    urllib3 and plain threads: a fetch costs about a quarter of the CPU of fsspec's
+    HTTP filesystem (aiohttp driven from threads through an event loop), and a pool
+    child spends that CPU on every image.
+    """
+
+    def __init__(self, timeout: float, pool_size: int) -> None:
+        import urllib3
+
+        self._urllib3 = urllib3
+        self._kw: dict[str, Any] = {
+            "maxsize": pool_size,
+            "retries": False,  # retries are ours (VISIONQ_FETCH_RETRIES)
+            "timeout": urllib3.Timeout(connect=timeout, read=timeout),
+        }
+        self._direct = urllib3.PoolManager(**self._kw)
+        self._proxies = urllib.request.getproxies_environment()
+        self._via: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def _manager(self, url: str) -> Any:
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme.lower())
+        if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, self._proxies):
+            return self._direct
+        with self._lock:
+            if proxy not in self._via:
+                self._via[proxy] = self._urllib3.ProxyManager(proxy, **self._kw)
+            return self._via[proxy]
+
+    def get(self, url: str) -> Any:
+        """A streamed response: headers read, body not yet."""
+        # Bytes as stored: images are compressed already, and Content-Length then
+        # counts what the limits count.
+        return self._manager(url).request(
+            "GET", url, headers={"Accept-Encoding": "identity"},
+            preload_content=False, redirect=False, decode_content=False,
+        )  # fmt: skip
 
 
 def _classify(url: str, exc: BaseException) -> ImageError | _Transient:
@@ -328,13 +384,14 @@ def _classify(url: str, exc: BaseException) -> ImageError | _Transient:
     return ImageError(ErrorType.FETCH_FAILED, f"{url}: {type(exc).__name__}: {exc}")
 
 
-# Connection-level failures of aiohttp and botocore, by name so that neither must be
+# Connection-level failures of aiohttp, urllib3 and botocore, by name so that none must be
 # importable here; both derive from their own bases rather than ConnectionError.
 _TRANSIENT_NAMES = frozenset(
     {"ClientConnectorError", "ClientConnectorDNSError", "ClientOSError", "ServerDisconnectedError",
      "ClientPayloadError", "ServerTimeoutError", "ConnectionTimeoutError", "SocketTimeoutError",
      "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError",
-     "ConnectionClosedError", "FSTimeoutError", "IncompleteRead", "ResponseStreamingError"}
+     "ConnectionClosedError", "FSTimeoutError", "IncompleteRead", "ResponseStreamingError",
+     "NewConnectionError", "ProtocolError"}
 )  # fmt: skip
 
 

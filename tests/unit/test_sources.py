@@ -20,11 +20,11 @@ from tests.stores import HTTPSite
 from visionq.schema import ErrorType
 from visionq.settings import Settings
 from workers.errors import ImageError, SystemicError
-from workers.fetch import FetchAhead, Ticket
+from workers.fetch import ByteBudget, FetchAhead, Ticket
 from workers.paths import PathPolicy
 
 pytest.importorskip("fsspec")
-pytest.importorskip("aiohttp")
+pytest.importorskip("urllib3")
 
 from workers import sources
 
@@ -122,7 +122,7 @@ def test_local_paths_still_go_through_the_path_policy(tmp_path):
 
 
 def test_a_worker_without_the_http_extra_names_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    monkeypatch.setitem(sys.modules, "urllib3", None)
     monkeypatch.setattr(sources, "_remote", None)
     r = _reader(Path("."), ["https://cdn.example.com/a.jpg"])
     with pytest.raises(ImageError) as err:
@@ -181,3 +181,25 @@ def test_an_abandoned_chunk_releases_its_fetch_threads(tmp_path, monkeypatch):
         t.start()
         t.join(10)
     assert got == [1000] * 6, "the next chunk found no free fetch thread"
+
+
+def test_http_goes_through_the_proxy_the_environment_names(tmp_path, monkeypatch):
+    (tmp_path / "a.jpg").write_bytes(b"direct")
+    with HTTPSite(tmp_path) as origin, HTTPSite(tmp_path) as proxy:
+        # A proxy is asked for the absolute URL; its answer tells who answered.
+        proxy.statuses[origin.url("a.jpg")] = 403
+        monkeypatch.setenv("HTTP_PROXY", proxy.base)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("http_proxy", raising=False)
+        s = Settings(fetch_retries=0)
+        remote = sources.RemoteSource(PathPolicy(max_bytes=s.max_image_bytes), s)
+        with pytest.raises(ImageError) as err:
+            remote.fetch(origin.url("a.jpg"), Ticket(ByteBudget(1 << 20), 0))
+        assert err.value.etype == ErrorType.PERMISSION_DENIED
+        assert (proxy.requests, origin.requests) == (1, 0)
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        remote = sources.RemoteSource(PathPolicy(max_bytes=s.max_image_bytes), s)
+        assert remote.fetch(origin.url("a.jpg"), Ticket(ByteBudget(1 << 20), 0)) == b"direct"
+        assert (proxy.requests, origin.requests) == (1, 1)
