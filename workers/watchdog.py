@@ -63,11 +63,10 @@ class Stall:
 
 
 class QueueProbe:
-    """Length of one broker queue, over a connection of its own with short timeouts:
-    the consumer's own connection may be the stuck part."""
+    """Messages waiting in broker queues, asked over a connection of its own with short
+    timeouts: the consumer's own connection may be the stuck part."""
 
-    def __init__(self, broker_url: str, queue: str) -> None:
-        self.queue = queue
+    def __init__(self, broker_url: str) -> None:
         self.client = redis.Redis.from_url(
             redis_py_url(broker_url),
             socket_timeout=2,
@@ -75,11 +74,14 @@ class QueueProbe:
             **redis_client_options(broker_url),
         )
 
-    def length(self) -> int | None:
-        """Messages waiting, or None when the broker cannot be asked (an outage is the
-        consumer's own reconnect logic's business, not the watchdog's)."""
+    def waiting(self, queues: list[str]) -> int | None:
+        """Messages waiting in ``queues`` together, or None when the broker cannot be
+        asked (an outage is the consumer's own reconnect logic's business)."""
         try:
-            return int(self.client.llen(self.queue))
+            pipe = self.client.pipeline(transaction=False)
+            for q in queues:
+                pipe.llen(q)
+            return sum(int(n) for n in pipe.execute())
         except redis.RedisError:
             return None
 
@@ -98,7 +100,6 @@ class Watchdog(bootsteps.StartStopStep):
         return self.patience > 0
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
-        self.queue: str = c.app.conf.task_default_queue
         self.probe: QueueProbe | None = None
         self.stall = Stall(self.patience)
         self.tref: Any = None
@@ -106,7 +107,7 @@ class Watchdog(bootsteps.StartStopStep):
 
     def start(self, c: Any) -> None:
         if self.probe is None:
-            self.probe = QueueProbe(c.app.conf.broker_url, self.queue)
+            self.probe = QueueProbe(c.app.conf.broker_url)
         self.stall = Stall(self.patience)
         every = min(CHECK_EVERY_S, max(0.5, self.patience / 3))
         self.tref = c.timer.call_repeatedly(every, self.check, (c,))
@@ -125,19 +126,18 @@ class Watchdog(bootsteps.StartStopStep):
     def check(self, c: Any) -> None:
         """One look; raises ConsumerStuck when the consumer must reconnect."""
         consumer = getattr(c, "task_consumer", None)
-        if self.probe is None or consumer is None or not consumer.consuming_from(self.queue):
+        # The queues it consumes now: `-Q`, add_consumer and cancel_consumer all show here.
+        queues = [q.name for q in consumer.queues] if consumer is not None else []
+        waiting = self.probe.waiting(queues) if self.probe is not None and queues else None
+        if waiting is None:
             self.stall.since = None
             return
-        queued = self.probe.length()
-        if queued is None:
-            self.stall.since = None
-            return
-        if self.stall.observe(queued, len(state.reserved_requests), time.monotonic()):
+        if self.stall.observe(waiting, len(state.reserved_requests), time.monotonic()):
             log.warning(
-                "consumer took nothing for %.0f s while %d messages wait in %r; reconnecting",
-                self.patience, queued, self.queue,
+                "consumer took nothing for %.0f s while %d messages wait in %s; reconnecting",
+                self.patience, waiting, ", ".join(queues),
             )  # fmt: skip
-            raise ConsumerStuck(f"consumer stuck with {queued} messages waiting")
+            raise ConsumerStuck(f"consumer stuck with {waiting} messages waiting")
 
 
 def step(patience: float) -> type[Watchdog]:

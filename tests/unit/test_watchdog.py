@@ -32,22 +32,19 @@ def test_an_empty_queue_or_a_busy_worker_resets_the_clock(queued, held):
 
 class _Consumer:
     def __init__(self, queues: set[str]) -> None:
-        self.queues = queues
-
-    def consuming_from(self, queue: str) -> bool:
-        return queue in self.queues
+        self.queues = [SimpleNamespace(name=q) for q in sorted(queues)]
 
 
 def _watchdog(clean_redis, queues: set[str]):
     c = SimpleNamespace(app=app, task_consumer=_Consumer(queues))
     dog = step(10.0)(c)
-    dog.probe = QueueProbe(clean_redis.broker_url, dog.queue)
+    dog.probe = QueueProbe(clean_redis.broker_url)
     return c, dog
 
 
 def test_check_raises_a_connection_error_when_work_waits_for_an_idle_consumer(clean_redis):
-    c, dog = _watchdog(clean_redis, {app.conf.task_default_queue})
-    clean_redis.client(clean_redis.broker_url).lpush(dog.queue, b"{}")
+    c, dog = _watchdog(clean_redis, {"visionq", "other"})
+    clean_redis.client(clean_redis.broker_url).lpush("other", b"{}")  # any queue it consumes
     assert not state.reserved_requests
     dog.check(c)  # starts the clock
     dog.check(c)  # not yet: 10 s of patience
@@ -58,11 +55,11 @@ def test_check_raises_a_connection_error_when_work_waits_for_an_idle_consumer(cl
 
 
 def test_check_leaves_alone_an_empty_queue_and_a_cancelled_consumer(clean_redis):
-    c, dog = _watchdog(clean_redis, {app.conf.task_default_queue})
+    c, dog = _watchdog(clean_redis, {"visionq"})
     for _ in range(3):
         dog.check(c)  # empty queue
         assert dog.stall.since is None
-    clean_redis.client(clean_redis.broker_url).lpush(dog.queue, b"{}")
+    clean_redis.client(clean_redis.broker_url).lpush("visionq", b"{}")
     c.task_consumer = _Consumer(set())  # `celery control cancel_consumer`: deliberate
     for _ in range(3):
         dog.check(c)
@@ -70,5 +67,4 @@ def test_check_leaves_alone_an_empty_queue_and_a_cancelled_consumer(clean_redis)
 
 
 def test_an_unreachable_broker_is_left_to_celerys_own_reconnect():
-    probe = QueueProbe("redis://127.0.0.1:1/0", "visionq")
-    assert probe.length() is None
+    assert QueueProbe("redis://127.0.0.1:1/0").waiting(["visionq"]) is None
