@@ -255,11 +255,7 @@ class RemoteSource:
                 try:
                     self._http_client = _HTTPClient(self.timeout, self.pool_size)
                 except ImportError as exc:
-                    raise ImageError(
-                        ErrorType.UNSUPPORTED_SOURCE,
-                        f"this worker cannot read http(s):// URLs ({exc}); "
-                        'pip install "visionq[http]" on the worker',
-                    ) from None
+                    raise _missing_package("http", exc) from None
             return self._http_client
 
     def filesystem(self, scheme: str) -> Any:
@@ -289,18 +285,21 @@ class RemoteSource:
                 return fs
             return fsspec.filesystem(scheme)
         except ImportError as exc:
-            extra = EXTRA.get(scheme)
-            hint = (
-                f'pip install "visionq[{extra}]"' if extra else f"install fsspec's {scheme} backend"
-            )
-            raise ImageError(
-                ErrorType.UNSUPPORTED_SOURCE,
-                f"this worker cannot read {scheme}:// URLs ({exc}); {hint} on the worker",
-            ) from None
+            raise _missing_package(scheme, exc) from None
         except ValueError as exc:
             raise ImageError(
                 ErrorType.UNSUPPORTED_SOURCE, f"no filesystem for {scheme}:// URLs: {exc}"
             ) from None
+
+
+def _missing_package(scheme: str, exc: ImportError) -> ImageError:
+    """The per-image answer of a worker that lacks what ``scheme`` needs."""
+    extra = EXTRA.get(scheme)
+    hint = f'pip install "visionq[{extra}]"' if extra else f"install fsspec's {scheme} backend"
+    return ImageError(
+        ErrorType.UNSUPPORTED_SOURCE,
+        f"this worker cannot read {scheme}:// URLs ({exc}); {hint} on the worker",
+    )
 
 
 class _HTTPStatus(Exception):
@@ -384,8 +383,9 @@ def _classify(url: str, exc: BaseException) -> ImageError | _Transient:
     return ImageError(ErrorType.FETCH_FAILED, f"{url}: {type(exc).__name__}: {exc}")
 
 
-# Connection-level failures of aiohttp, urllib3 and botocore, by name so that none must be
-# importable here; both derive from their own bases rather than ConnectionError.
+# Connection-level failures of aiohttp (under s3fs), urllib3 and botocore, by name so
+# that none must be importable here; each derives from its own bases rather than
+# ConnectionError.
 _TRANSIENT_NAMES = frozenset(
     {"ClientConnectorError", "ClientConnectorDNSError", "ClientOSError", "ServerDisconnectedError",
      "ClientPayloadError", "ServerTimeoutError", "ConnectionTimeoutError", "SocketTimeoutError",
@@ -396,7 +396,7 @@ _TRANSIENT_NAMES = frozenset(
 
 
 def _status(e: BaseException) -> int | None:
-    status = getattr(e, "status", None)  # aiohttp.ClientResponseError
+    status = getattr(e, "status", None)  # _HTTPStatus, aiohttp.ClientResponseError
     if isinstance(status, int):
         return status
     response = getattr(e, "response", None)  # botocore ClientError
