@@ -124,8 +124,16 @@ def start_worker(redis_target: RedisTarget, weights_file: str, tmp_path: Path) -
         w.stop()
 
 
-def cli_env(target: RedisTarget, state_dir: str, **extra: str) -> dict[str, str]:
+def bare_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any VISIONQ_ variable, plus ``extra``: a child
+    process then sees only the settings a test gives it."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
+    env.update(extra)
+    return env
+
+
+def cli_env(target: RedisTarget, state_dir: str, **extra: str) -> dict[str, str]:
+    env = bare_env()
     env.update(
         VISIONQ_BROKER_URL=target.broker_url,
         VISIONQ_RESULT_BACKEND=target.backend_url,

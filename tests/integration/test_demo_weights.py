@@ -3,7 +3,6 @@ fallback to random weights only when the download is impossible."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -12,16 +11,15 @@ from pathlib import Path
 import pytest
 
 from producer.embedded import stop_group
-from tests.conftest import ROOT
+from tests.conftest import ROOT, bare_env
 
 pytestmark = pytest.mark.integration
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env.update(TORCH_HOME=str(tmp_path / "torch"), VISIONQ_STATE_DIR=str(tmp_path / "state"))
-    env.update(extra)
-    return env
+    return bare_env(
+        TORCH_HOME=str(tmp_path / "torch"), VISIONQ_STATE_DIR=str(tmp_path / "state"), **extra
+    )
 
 
 def test_weights_step_is_a_no_op_for_other_weights(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import VISIONQ
+from tests.conftest import VISIONQ, bare_env
 
 pytestmark = pytest.mark.integration
 
@@ -42,9 +42,7 @@ def _leftovers() -> list[str]:
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env["VISIONQ_STATE_DIR"] = str(tmp_path / "state")
-    return env
+    return bare_env(VISIONQ_STATE_DIR=str(tmp_path / "state"))
 
 
 def test_run_classifies_and_leaves_nothing_running(sample_dir, weights_file, tmp_path):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from producer.embedded import RedisServer
-from tests.conftest import VISIONQ
+from tests.conftest import VISIONQ, bare_env
 
 pytestmark = pytest.mark.integration
 
@@ -119,8 +119,7 @@ def test_run_keeps_its_redis_private_and_confines_its_worker(sample_dir, weights
     listing.write_text("".join(f"{sample_dir}/missing-{i}.jpg\n" for i in range(600)))
     extra = tmp_path / "other"
     extra.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env["VISIONQ_STATE_DIR"] = str(tmp_path / "state")
+    env = bare_env(VISIONQ_STATE_DIR=str(tmp_path / "state"))
     proc = subprocess.Popen(
         [*VISIONQ, "run", str(extra), "--from-file", str(listing), "--out",
          str(tmp_path / "r.jsonl"), "--weights", weights_file, "--chunk-size", "1"],

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from producer.embedded import READY_MARK, free_port
-from tests.conftest import ROOT, RedisTarget
+from tests.conftest import ROOT, RedisTarget, bare_env
 from tests.integration.harness import wait_until
 from tests.integration.ops_helpers import run_job, sample_paths
 
@@ -131,8 +131,7 @@ def test_taken_port_disables_metrics_without_stopping_the_worker(tmp_path: Path)
         )
         tmp = tmp_path / "tmp"
         tmp.mkdir()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-        env["TMPDIR"] = str(tmp)
+        env = bare_env(TMPDIR=str(tmp))
         proc = subprocess.run(
             [sys.executable, "-c", script], cwd=str(ROOT), env=env,
             capture_output=True, text=True, timeout=60,

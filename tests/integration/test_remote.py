@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLES, VISIONQ, cli_env
+from tests.conftest import VISIONQ, cli_env
 from tests.images import reference_probs
 from tests.integration.harness import (
     assert_exactly_once,
@@ -46,15 +46,6 @@ def s3(tmp_path: Path) -> Iterator[S3Store]:
         store.stop()
 
 
-@pytest.fixture
-def photos(tmp_path: Path) -> Path:
-    dest = tmp_path / "photos"
-    dest.mkdir()
-    for p in sorted(SAMPLES.glob("*.jpg")):
-        shutil.copy(p, dest / p.name)
-    return dest
-
-
 def _run(args: list[str], env: dict[str, str], timeout: float = 180) -> None:
     proc = subprocess.run(
         [*VISIONQ, *args], env=env, capture_output=True, text=True, timeout=timeout
@@ -73,8 +64,9 @@ def _assert_parity(records: list[dict], local_of: dict[str, str], weights: str) 
 
 
 def test_s3_prefix_lists_like_a_folder_and_matches_local_files(
-    clean_redis, start_worker, weights_file, tmp_path, s3, photos
+    clean_redis, start_worker, weights_file, tmp_path, s3, sample_dir
 ):
+    photos = sample_dir
     names = sorted(p.name for p in photos.glob("*.jpg"))
     top, sub = names[:3], names[3:]
     s3.fill(
@@ -113,8 +105,9 @@ def test_s3_prefix_lists_like_a_folder_and_matches_local_files(
 
 
 def test_http_statuses_redirects_and_url_roots(
-    clean_redis, start_worker, weights_file, tmp_path, photos
+    clean_redis, start_worker, weights_file, tmp_path, sample_dir
 ):
+    photos = sample_dir
     allowed_local = tmp_path / "local"
     allowed_local.mkdir()
     shutil.copy(photos / "coffee.jpg", allowed_local / "coffee.jpg")

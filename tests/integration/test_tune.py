@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import SAMPLES, VISIONQ, RedisTarget
+from tests.conftest import SAMPLES, VISIONQ, RedisTarget, bare_env
 from tests.integration.ops_helpers import run_job, sample_paths
 
 
@@ -17,8 +16,7 @@ from tests.integration.ops_helpers import run_job, sample_paths
 def test_recommended_settings_start_a_worker_that_classifies_the_samples(
     clean_redis: RedisTarget, start_worker, weights_file: str, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env["VISIONQ_WEIGHTS"] = weights_file
+    env = bare_env(VISIONQ_WEIGHTS=weights_file)
     proc = subprocess.run(
         [*VISIONQ, "tune", str(SAMPLES), "--json", "--budget", "60"],
         env=env, capture_output=True, text=True, timeout=180,
@@ -47,8 +45,7 @@ def test_recommended_settings_start_a_worker_that_classifies_the_samples(
 
 @pytest.mark.integration
 def test_table_and_export_lines(weights_file: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env["VISIONQ_WEIGHTS"] = weights_file
+    env = bare_env(VISIONQ_WEIGHTS=weights_file)
     proc = subprocess.run(
         [*VISIONQ, "tune", str(SAMPLES / "coffee.jpg"), "--budget", "20", "--quiet"],
         env=env, capture_output=True, text=True, timeout=180,

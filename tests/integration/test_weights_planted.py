@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import pytest
 
 from tests.integration.harness import wait_until
+from tests.planted import plant
 
 pytestmark = pytest.mark.integration
-
-
-class Planted:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
 
 
 def test_planted_checkpoint_is_refused_by_the_worker(start_worker, tmp_path: Path):
     torch_home = tmp_path / "torch"
     checkpoint = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
-    checkpoint.parent.mkdir(parents=True)
     marker = tmp_path / "planted-pickle-ran"
-    checkpoint.write_bytes(pickle.dumps({"conv1.weight": Planted(marker)}))
+    plant(checkpoint, marker)
 
     worker = start_worker(concurrency=1, wait=False, VISIONQ_WEIGHTS="imagenet",
                           TORCH_HOME=str(torch_home))  # fmt: skip

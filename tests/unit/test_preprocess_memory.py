@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.images import encoded
 from visionq.schema import ErrorType
 from workers.errors import ImageError
 from workers.preprocess import Preprocessor
@@ -30,10 +31,7 @@ def sixteen_bit_png() -> io.BytesIO:
 
 
 def int32_tiff() -> io.BytesIO:
-    buf = io.BytesIO()
-    Image.new("I", (W, H), 70000).save(buf, "TIFF")
-    buf.seek(0)
-    return buf
+    return encoded(Image.new("I", (W, H), 70000), "TIFF")
 
 
 def test_sixteen_bit_png_near_the_limit_converts_without_wide_temporaries():
@@ -93,13 +91,8 @@ def test_every_mode_at_the_pixel_limit_fits_the_budget_or_is_refused(mode):
     if mode == "YCbCr":
         fmt = "JPEG"
     small, full = (Image.new(mode, (s, s)) for s in (side // 2, side))
-    buf = io.BytesIO()
-    small.save(buf, fmt)
-    buf.seek(0)
-    pre.decode(buf, f"small-{mode}")
-    buf = io.BytesIO()
-    full.save(buf, fmt)
-    buf.seek(0)
+    pre.decode(encoded(small, fmt), f"small-{mode}")
+    buf = encoded(full, fmt)
     if mode in ("I", "F"):
         with pytest.raises(ImageError) as exc:
             pre.decode(buf, f"full-{mode}")

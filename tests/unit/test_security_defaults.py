@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from producer.embedded import free_port
+from tests.conftest import bare_env
 from visionq import protocol
 from visionq.settings import Settings
 
@@ -69,9 +70,11 @@ def test_client_refuses_a_job_id_that_would_name_a_file_outside_the_state_folder
 
 
 def test_cli_collect_refuses_an_unsafe_job_id_before_connecting(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env.update(VISIONQ_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
-               VISIONQ_STATE_DIR=str(tmp_path / "state"), VISIONQ_REDIS_TIMEOUT="1")  # fmt: skip
+    env = bare_env(
+        VISIONQ_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        VISIONQ_STATE_DIR=str(tmp_path / "state"),
+        VISIONQ_REDIS_TIMEOUT="1",
+    )
     proc = subprocess.run(
         [sys.executable, "-m", "producer.cli", "collect", "../../etc/x", "--out",
          str(tmp_path / "r.jsonl")],
@@ -163,8 +166,7 @@ def _listening_addresses(port: int) -> set[str]:
 @pytest.mark.parametrize(("addr", "hexaddr"), [(None, "0100007F"), ("0.0.0.0", "00000000")])
 def test_metrics_bind_loopback_unless_told_otherwise(tmp_path, addr, hexaddr):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONQ_")}
-    env["VISIONQ_METRICS_PORT"] = str(port)
+    env = bare_env(VISIONQ_METRICS_PORT=str(port))
     if addr:
         env["VISIONQ_METRICS_ADDR"] = addr
     code = (

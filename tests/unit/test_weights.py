@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import pickle
 from pathlib import Path
 
 import pytest
 
+from tests.planted import plant
 from workers import weights
-
-
-class Planted:
-    """A pickle that creates ``marker`` when unpickled by full pickle."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple:
-        return (open, (str(self.marker), "w"))
-
-
-def plant(path: Path, marker: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(pickle.dumps({"conv1.weight": Planted(marker)}))
-    return path
 
 
 def test_the_pinned_url_is_torchvisions():
