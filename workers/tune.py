@@ -26,6 +26,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from visionq.settings import Settings
+
 log = logging.getLogger(__name__)
 
 WINDOW_S = 2.0  # timed window per setting; every child runs for it at once
@@ -69,26 +71,24 @@ def _lab(conn: Any, weights: str, calibration: str, images: list[bytes]) -> None
     from workers.device import Placement
     from workers.inference import Classifier
     from workers.preprocess import Preprocessor
-    from workers.quantize import calibration_tensors, quantize
+    from workers.quantize import calibration_tensors
 
     place = Placement("cpu", 1)
+    max_pixels = Settings().max_image_pixels
     built: dict[str, Classifier] = {}
 
     def classifier(precision: str) -> Classifier:
+        # model.load, as a pool child loads it: folded BatchNorm, channels_last, the fp32
+        # head under bf16, or int8 quantization.
         if precision not in built:
-            fp32, _ = model_mod.build(weights)
+            dtype = torch.bfloat16 if precision == "bf16" else None
+            calib = None
             if precision == "int8":
-                calib = calibration_tensors(calibration, Preprocessor(max_pixels=89_478_485))
-                net = quantize(fp32, calib)
-                dtype = None
-            else:
-                net = fp32.to(memory_format=torch.channels_last)
-                dtype = torch.bfloat16 if precision == "bf16" else None
-                if dtype is not None:
-                    from workers.precision import Fp32Head
-
-                    net.fc = Fp32Head(net.fc)
-            built[precision] = Classifier(net, [str(i) for i in range(1000)], place, dtype)
+                calib = calibration_tensors(calibration, Preprocessor(max_pixels=max_pixels))
+            loaded = model_mod.load(
+                weights, place, batch_size=8, autocast_dtype=dtype, int8_calibration=calib
+            )
+            built[precision] = Classifier(loaded.model, loaded.categories, place, dtype)
         return built[precision]
 
     classifier("fp32")
@@ -100,7 +100,7 @@ def _lab(conn: Any, weights: str, calibration: str, images: list[bytes]) -> None
         setting, want_top1 = msg
         torch.set_num_threads(setting.threads)
         clf = classifier(setting.precision)
-        pre = Preprocessor(max_pixels=89_478_485, jpeg_draft=setting.jpeg_draft)
+        pre = Preprocessor(max_pixels=max_pixels, jpeg_draft=setting.jpeg_draft)
 
         def batch_of(i: int, n: int, pre: Preprocessor = pre) -> list[Any]:
             return [pre(io.BytesIO(images[(i + j) % len(images)]), "x") for j in range(n)]
