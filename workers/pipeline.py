@@ -120,21 +120,21 @@ def _forward(
     careful: bool,
 ) -> None:
     start = time.perf_counter()
-    if rt.gpu_decoder is not None:
-        # Device decoding happens here, for the whole batch at once; its time counts
-        # as forward time.
-        ready = []
-        for (i, _, decode_ms), tensor in zip(
-            pending, rt.gpu_decoder.materialize([t for _, t, _ in pending]), strict=True
-        ):
-            if isinstance(tensor, ImageError):
-                items[i] = error_item(paths[i], tensor.etype, tensor.message, decode_ms)
-            else:
-                ready.append((i, tensor, decode_ms))
-        pending = ready
-        if not pending:
-            return
     try:
+        if rt.gpu_decoder is not None:
+            # Device decoding happens here, for the whole batch at once; its time counts
+            # as forward time, and a device that fails during it fails like a forward.
+            ready = []
+            for (i, _, decode_ms), tensor in zip(
+                pending, rt.gpu_decoder.materialize([t for _, t, _ in pending]), strict=True
+            ):
+                if isinstance(tensor, ImageError):
+                    items[i] = error_item(paths[i], tensor.etype, tensor.message, decode_ms)
+                else:
+                    ready.append((i, tensor, decode_ms))
+            pending = ready
+            if not pending:
+                return
         tops = rt.classifier([t for _, t, _ in pending], top_k)  # type: ignore[misc]
     except RuntimeError as exc:
         if (systemic := systemic_device_error(exc)) is not None:
