@@ -17,7 +17,6 @@ Exit codes (documented in the README):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import logging
@@ -375,9 +374,7 @@ def _run_roots(args: argparse.Namespace) -> str:
     files it was given. A listing too long for one variable (or naming a path with the
     separator in it) is confined to the inputs' deepest common folder instead."""
     if args.from_file:
-        fh = sys.stdin if args.from_file == "-" else open(args.from_file, encoding="utf-8")  # noqa: SIM115
-        with fh if fh is not sys.stdin else contextlib.nullcontext(fh):
-            args.paths = [*args.paths, *inputs.read_lines(fh)]
+        args.paths = [*args.paths, *inputs.read_lines(inputs.open_list(args.from_file))]
         args.from_file = None
     roots = sorted({os.path.abspath(os.path.expanduser(p)) for p in args.paths})
     joined = os.pathsep.join(roots)

@@ -141,6 +141,18 @@ def test_run_roots_are_exactly_the_inputs(tmp_path):
     assert args.from_file is None and len(args.paths) == 3  # the listing is read once
 
 
+def test_run_roots_read_a_listing_as_submit_does(tmp_path):
+    from producer.cli import _run_roots
+
+    # A name that is not UTF-8 (a surrogate escape, as Python gives it) and one with a
+    # carriage return inside: one path per line, each kept intact.
+    odd = os.fsencode(f"{tmp_path}/") + b"caf\xe9.jpg"
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(odd + b"\n" + os.fsencode(f"{tmp_path}/a\rb.jpg") + b"\n")
+    roots = _run_roots(_args([], str(listing)))
+    assert set(roots.split(os.pathsep)) == {os.fsdecode(odd), f"{tmp_path}/a\rb.jpg"}
+
+
 def test_run_roots_too_long_for_one_variable_collapse_to_the_common_folder(tmp_path):
     from producer.cli import _run_roots
 
