@@ -328,7 +328,7 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
-    validate_job_id(args.job_id)  # before it names a file or a key
+    # Client.job checks the id before it names a file or a key.
     with Client(settings=settings) as client:
         try:
             job = client.job(args.job_id)
@@ -338,7 +338,6 @@ def cmd_collect(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    validate_job_id(args.job_id)
     with Client(settings=settings) as client:
         try:
             dropped = client.cancel(args.job_id)

@@ -33,8 +33,7 @@ from producer.jobstore import JobStore
 from producer.manifest import LocalManifest, prune
 from producer.output import open_writer
 from visionq import protocol
-from visionq.celeryconf import celery_config, redis_client_options
-from visionq.redisurl import redis_py_url
+from visionq.celeryconf import celery_config, redis_client
 from visionq.schema import ErrorType
 from visionq.settings import Settings
 
@@ -78,13 +77,8 @@ class Client:
         self.settings = base.replace(broker_url=broker_url, result_backend=backend_url, queue=queue)
         self.celery = Celery("visionq-producer", set_as_current=False)
         self.celery.conf.update(producer_config(self.settings))
-        timeout = socket_timeout(self.settings)
-        self.redis = redis.Redis.from_url(
-            redis_py_url(self.settings.backend_url),
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=25,
-            **redis_client_options(self.settings.backend_url),
+        self.redis = redis_client(
+            self.settings.backend_url, **self._redis_options(), health_check_interval=25
         )
 
     # -- connection -------------------------------------------------------------
@@ -172,7 +166,7 @@ class Client:
         manifest = LocalManifest(self.settings.state_path, job_id)
         store = self._store(job_id)
         if resume:
-            if manifest.meta()["state"] != protocol.SUBMITTING:
+            if manifest.sealed:
                 raise ManifestMismatch(f"job {job_id} was already submitted in full")
         else:
             prune(self.settings.state_path, self.settings.result_expires)
@@ -234,10 +228,7 @@ class Client:
         meta = (manifest.meta() if manifest.exists() else None) or store.meta()
         if meta is None:
             raise JobNotFound(f"job {job_id} is not known here nor in Redis")
-        url = self.settings.broker_url
-        broker = redis.Redis.from_url(
-            redis_py_url(url), **self._redis_options(), **redis_client_options(url)
-        )
+        broker = redis_client(self.settings.broker_url, **self._redis_options())
         try:
             dropped = self._guarded(store.cancel, meta.get("queue"), broker)
         finally:

@@ -124,11 +124,7 @@ class Publisher:
                 )
                 sent.append(entry.chunk)
         if sent:
-            pipe = self.store.redis.pipeline(transaction=False)
-            for c in sent:
-                pipe.setbit(self.store.keys.published, c, 1)
-            pipe.expire(self.store.keys.published, self.store.ttl)
-            pipe.execute()
+            self.store.mark_published(sent)
         return sent
 
     def publish_all(self) -> int:
@@ -189,7 +185,6 @@ class Collector:
         self.store = JobStore(client.redis, self.job_id, self.settings.result_expires)
         self.sizer = _sizer(client, manifest)
         self.publisher = Publisher(client, manifest, self.store, self.sizer)
-        self.have: set[int] = set()
         self.deadline = time.monotonic() + timeout if timeout else None
         self.delivered = Bits()
         self.inflight: set[int] = set()
@@ -213,9 +208,8 @@ class Collector:
     def run(self, have: Iterable[int] = ()) -> Iterator[tuple[int, list[Record]]]:
         """Deliver every chunk except ``have`` (those the sink already holds)."""
         self.store.acquire()
-        self.have = set(have)
         try:
-            self._attach()
+            self._attach(have)
             next_sweep = next_housekeeping = 0.0
             while not self._finished():
                 self._check_deadline()
@@ -255,14 +249,14 @@ class Collector:
     def _finished(self) -> bool:
         return not self.inflight and not self.todo and not self.owed and not self.manifest.remaining
 
-    def _attach(self) -> None:
+    def _attach(self, have: Iterable[int]) -> None:
         """Work out what is in flight, what to (re-)run, and tell workers what to skip."""
         published = Bits(self.store.bitmap(self.store.keys.published))
         done_elsewhere = Bits(self.store.bitmap(self.store.keys.done))
-        for c in self.have:
+        for c in have:
             self.delivered.add(c)
         for c in range(self.manifest.n_cut):
-            if c in self.have:
+            if c in self.delivered:
                 continue
             if c in published and c not in done_elsewhere:
                 self.inflight.add(c)  # queued or running: wait for it
@@ -498,6 +492,6 @@ class Collector:
                   "chunks": self.manifest.n_cut}  # fmt: skip
         self.manifest.update(**fields)
         try:
-            self.store.finish({**self.manifest.meta(), **fields})
+            self.store.finish(self.manifest.meta())
         except REDIS_ERRORS as exc:
             log.warning("job %s complete, but cleanup failed: %s", self.job_id, exc)

@@ -7,6 +7,7 @@ group and all, when the context exits, including on Ctrl-C.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import re
@@ -39,8 +40,11 @@ def free_port() -> int:
 MIN_REDIS_MAJOR = 7
 
 
+@functools.lru_cache(maxsize=8)
 def server_version(binary: str) -> tuple[int, ...]:
-    """The version a redis-server or valkey-server binary reports (``v=7.0.15``)."""
+    """The version a redis-server or valkey-server binary reports (``v=7.0.15``).
+
+    Asked once per binary: find_server() and RedisServer() both check it."""
     try:
         out = subprocess.run(
             [binary, "--version"], capture_output=True, text=True, timeout=15, check=False

@@ -55,9 +55,12 @@ class JobStore:
 
     def put_meta(self, meta: dict[str, Any]) -> None:
         pipe = self.redis.pipeline(transaction=False)
+        self._write_meta(pipe, meta)
+        pipe.execute()
+
+    def _write_meta(self, pipe: Any, meta: dict[str, Any]) -> None:
         pipe.hset(self.keys.meta, mapping={k: json.dumps(v) for k, v in meta.items()})
         pipe.expire(self.keys.meta, self.ttl)
-        pipe.execute()
 
     def meta(self) -> dict[str, Any] | None:
         raw = self.redis.hgetall(self.keys.meta)
@@ -66,14 +69,13 @@ class JobStore:
     def cancelled(self) -> bool:
         return bool(self.redis.exists(protocol.cancelled_key(self.job_id)))
 
-    def touch(self, pipe: Any = None) -> None:
+    def touch(self) -> None:
         """Keep the job's keys alive while it is active."""
-        p = pipe or self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=False)
         for key in self.keys.all():
             if key != self.keys.owner:
-                p.expire(key, self.ttl)
-        if pipe is None:
-            p.execute()
+                pipe.expire(key, self.ttl)
+        pipe.execute()
 
     # -- lease ------------------------------------------------------------------------
 
@@ -121,6 +123,14 @@ class JobStore:
             pipe.set(key, bytes(bits), ex=self.ttl)
         pipe.execute()
 
+    def mark_published(self, chunks: Iterable[int]) -> None:
+        """These chunks' tasks are on the queue: a collector attaching later waits for them."""
+        pipe = self.redis.pipeline(transaction=False)
+        for c in chunks:
+            pipe.setbit(self.keys.published, c, 1)
+        pipe.expire(self.keys.published, self.ttl)
+        pipe.execute()
+
     def mark_delivered(self, chunks: Iterable[int]) -> None:
         """Workers skip these chunks from now on; their results and ledger entries go."""
         chunks = list(chunks)
@@ -140,8 +150,7 @@ class JobStore:
         """Keep only the meta hash, as the job's summary, until it expires."""
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(*self.keys.transient())
-        pipe.hset(self.keys.meta, mapping={k: json.dumps(v) for k, v in meta.items()})
-        pipe.expire(self.keys.meta, self.ttl)
+        self._write_meta(pipe, meta)
         pipe.execute()
 
     def cancel(self, queue: str | None, broker: redis.Redis | None) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 from producer.errors import JobNotFound, ManifestMismatch
 from visionq import protocol
-from visionq.chunks import ChunkEntry, PathHash, checksum
+from visionq.chunks import ChunkEntry, PathHash
 
 _INDEX = struct.Struct("<QQI8s")  # byte offset, first position, count, checksum
 _SYNC_EVERY_S = 2.0
@@ -240,7 +240,7 @@ class LocalManifest:
             fh.seek(offset)
             paths = tuple(decode_line(fh.readline()) for _ in range(count))
         entry = ChunkEntry(self.job_id, i, start, paths, digest.hex())
-        if checksum(paths) != entry.sum:
+        if not entry.matches(paths):
             raise ManifestMismatch(f"job {self.job_id}: chunk {i} does not match its checksum")
         return entry
 

@@ -20,10 +20,6 @@ from tqdm import tqdm
 
 from producer.errors import ProducerError
 
-DEFAULT_SAMPLE = 32
-DEFAULT_BUDGET_S = 90.0
-DEFAULT_TOLERANCE = 99.0
-
 
 class TuneFailed(ProducerError):
     """The measuring child could not run or reported an error."""
@@ -136,16 +132,18 @@ def render(result: dict[str, Any], calibration: str = "") -> str:
         f"{'children x threads':>18}  {'precision':>9}  {'batch':>5}  {'jpeg draft':>10}  "
         f"{'img/s':>7}  {'top-1 agree':>11}",
     ]
+    best_rate: float | None = None  # the first row with the recommended settings
     for r in rows:
-        mark = " <" if Recommendation(**{k: r[k] for k in result["best"]}) == best else ""
+        is_best = {k: r[k] for k in result["best"]} == result["best"]
+        if is_best and best_rate is None:
+            best_rate = r["img_s"]
+        mark = " <" if is_best else ""
         lines.append(
             f"{r['children']:>13} x {r['threads']:<2}  {r['precision']:>9}  {r['batch']:>5}  "
             f"{'on' if r['jpeg_draft'] else 'off':>10}  {r['img_s']:>7.1f}  "
             f"{r['agree_pct']:>10.1f}%{mark}"
         )
-    best_rate = next(
-        (r["img_s"] for r in rows if {k: r[k] for k in result["best"]} == result["best"]), 0.0
-    )
+    best_rate = best_rate or 0.0
     lines += [
         "",
         f"fastest within {result['tolerance']:g}% top-1 agreement: {best_rate:.1f} img/s"

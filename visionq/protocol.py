@@ -26,7 +26,6 @@ SUBMITTING = "submitting"  # the producer is still reading inputs: never complet
 SUBMITTED = "submitted"  # every path is in the sealed manifest
 COMPLETE = "complete"  # every chunk was delivered to a sink
 CANCELLED = "cancelled"
-JOB_STATES = (SUBMITTING, SUBMITTED, COMPLETE, CANCELLED)
 
 
 # A job id names a manifest file in the state folder and Redis keys, channel patterns
