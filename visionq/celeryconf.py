@@ -21,11 +21,14 @@ Why each delivery setting is what it is, from Celery and kombu behaviour and bug
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from visionq.redisurl import is_socket
+from visionq.redisurl import is_socket, redis_py_url
 from visionq.settings import Settings
+
+if TYPE_CHECKING:
+    import redis
 
 
 def tls_defaults(url: str) -> dict[str, Any] | None:
@@ -42,6 +45,14 @@ def redis_client_options(url: str) -> dict[str, Any]:
     server's name is checked whatever the redis-py version's default (the URL's own
     ``ssl_check_hostname`` still wins, as from_url lets URL options override)."""
     return {"ssl_check_hostname": True} if urlsplit(url).scheme == "rediss" else {}
+
+
+def redis_client(url: str, **kwargs: Any) -> redis.Redis:
+    """A redis-py client for a visionq Redis URL (socket URLs included), with the
+    server's name checked on ``rediss://``; ``kwargs`` go to ``Redis.from_url``."""
+    import redis
+
+    return redis.Redis.from_url(redis_py_url(url), **kwargs, **redis_client_options(url))
 
 
 def celery_config(s: Settings) -> dict[str, Any]:

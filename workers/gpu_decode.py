@@ -28,13 +28,10 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as F
 
 from workers.errors import ImageError
-from workers.preprocess import MAX_ASPECT, RESIZE, Preprocessor
+from workers.preprocess import MAX_ASPECT, RESIZE, Preprocessor, warm_up_jpeg
 
 log = logging.getLogger(__name__)
 
-CROP = 224
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 _JPEG_MAGIC = b"\xff\xd8\xff"
 # Modes nvJPEG decodes to RGB; CMYK and YCCK JPEGs take the CPU path.
 _GPU_MODES = ("RGB", "L")
@@ -57,8 +54,12 @@ class GpuDecoder:
     def __init__(self, device: str, fallback: Preprocessor) -> None:
         self.device = torch.device(device)
         self.fallback = fallback
-        self.mean = torch.tensor(MEAN, device=self.device).view(3, 1, 1)
-        self.std = torch.tensor(STD, device=self.device).view(3, 1, 1)
+        # The CPU path's own eval transform gives crop and normalisation, so the two
+        # paths cannot drift apart.
+        t = fallback.transform
+        self.crop = list(t.crop_size)
+        self.mean = torch.tensor(t.mean, device=self.device).view(3, 1, 1)
+        self.std = torch.tensor(t.std, device=self.device).view(3, 1, 1)
 
     def read(self, fh: BinaryIO, name: str) -> Prepared:
         """Bytes of a JPEG that may decode on the device, else the CPU-preprocessed tensor.
@@ -120,14 +121,11 @@ class GpuDecoder:
         if img.dtype != torch.uint8:  # already preprocessed by the CPU fallback
             return img
         img = F.resize(img, [RESIZE], interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-        img = F.center_crop(img, [CROP, CROP])
+        img = F.center_crop(img, self.crop)
         return (img.float().div_(255) - self.mean) / self.std
 
     def warm(self) -> None:
         """Initialise nvJPEG and the resize kernels before the child reports ready."""
-        buf = io.BytesIO()
-        Image.new("RGB", (320, 240), (127, 127, 127)).save(buf, "JPEG")
-        buf.seek(0)
-        self.materialize([self.read(buf, "<warm-up>")])
+        self.materialize([self.read(warm_up_jpeg(), "<warm-up>")])
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -36,17 +36,8 @@ class LoadedModel:
     load_ms: float
 
 
-def imagenet_checkpoint_path() -> str:
-    """Where torchvision's cache keeps the IMAGENET1K_V1 file."""
-    return weights.imagenet_path()
-
-
-def _file_digest(path: str) -> str:
-    return weights.sha256(path)[:12]
-
-
 def _imagenet() -> tuple[dict[str, torch.Tensor], str]:
-    target = imagenet_checkpoint_path()
+    target = weights.imagenet_path()
     if not os.path.isfile(target):
         # First use on a host that can reach the network: fetch it (hash-checked,
         # written to a temporary file and moved into place). Deployments that share
@@ -80,7 +71,7 @@ def _load_state(spec: str) -> tuple[dict[str, torch.Tensor] | None, str]:
         state = weights.load_state(path)
     except weights.WeightsError as exc:
         raise WeightsUnavailable(f"cannot load state_dict from {path}: {exc}") from None
-    return state, f"file-{_file_digest(path)}"
+    return state, f"file-{weights.sha256(path)[:12]}"
 
 
 def build(spec: str) -> tuple[torch.nn.Module, str]:

@@ -7,6 +7,7 @@ short side to 256, centre-crop 224, normalize) applied to
 
 from __future__ import annotations
 
+import io
 import warnings
 from typing import BinaryIO
 
@@ -38,6 +39,14 @@ _PILLOW_BLOCKS_CACHED = 4
 # ~240 KB at the limit once cost ~1.7 GiB in _to_rgb through int64 arrays.
 BUDGET_BYTES_PER_PIXEL = 8
 RGB_BYTES = 4  # Pillow stores RGB as 4 bytes per pixel
+
+
+def warm_up_jpeg() -> io.BytesIO:
+    """A small grey JPEG for a child's first decode, before it reports ready."""
+    buf = io.BytesIO()
+    Image.new("RGB", (320, 240), (127, 127, 127)).save(buf, "JPEG")
+    buf.seek(0)
+    return buf
 
 
 def _stored_bytes(mode: str) -> int:

@@ -16,7 +16,6 @@ from visionq.records import REFRESH_S, ChildRecord
 
 log = logging.getLogger(__name__)
 
-REFRESH_EVERY = REFRESH_S  # seconds between re-registrations from the task path
 
 _record: ChildRecord | None = None
 _hostname = ""
@@ -31,7 +30,7 @@ def register(client: Any, hostname: str, record: ChildRecord, ttl: int) -> None:
 
 
 def refresh(client: Any) -> None:
-    if _record is not None and time.monotonic() - _last > REFRESH_EVERY:
+    if _record is not None and time.monotonic() - _last > REFRESH_S:
         _write(client)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import time
@@ -10,7 +9,6 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import torch
-from PIL import Image
 
 from visionq.records import ChildRecord
 from visionq.settings import Settings
@@ -19,7 +17,7 @@ from workers.device import Placement, default_batch_size, place
 from workers.gpu_decode import GpuDecoder, Prepared
 from workers.inference import Classifier
 from workers.paths import PathPolicy
-from workers.preprocess import Preprocessor
+from workers.preprocess import Preprocessor, warm_up_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +157,5 @@ def _warm_preprocess(preprocess: Preprocessor) -> float:
     # The first decode and transform pay for lazy imports and kernel set-up (~300 ms);
     # pay it here, before the child reports ready, not on a user's first image.
     start = time.perf_counter()
-    buf = io.BytesIO()
-    Image.new("RGB", (320, 240), (127, 127, 127)).save(buf, "JPEG")
-    buf.seek(0)
-    preprocess(buf, "<warm-up>")
+    preprocess(warm_up_jpeg(), "<warm-up>")
     return (time.perf_counter() - start) * 1000

@@ -21,7 +21,6 @@ import logging
 import random
 import threading
 import time
-import urllib.request
 import warnings
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -320,6 +319,8 @@ class _HTTPClient:
     """
 
     def __init__(self, timeout: float, pool_size: int) -> None:
+        import urllib.request
+
         import urllib3
 
         self._urllib3 = urllib3
@@ -330,13 +331,14 @@ class _HTTPClient:
         }
         self._direct = urllib3.PoolManager(**self._kw)
         self._proxies = urllib.request.getproxies_environment()
+        self._bypass = urllib.request.proxy_bypass_environment
         self._via: dict[str, Any] = {}
         self._lock = threading.Lock()
 
     def _manager(self, url: str) -> Any:
         parts = urlsplit(url)
         proxy = self._proxies.get(parts.scheme.lower())
-        if not proxy or urllib.request.proxy_bypass_environment(parts.netloc, self._proxies):
+        if not proxy or self._bypass(parts.netloc, self._proxies):
             return self._direct
         with self._lock:
             if proxy not in self._via:

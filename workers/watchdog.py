@@ -27,8 +27,7 @@ import redis
 from celery import bootsteps
 from celery.worker import state
 
-from visionq.celeryconf import redis_client_options
-from visionq.redisurl import redis_py_url
+from visionq.celeryconf import redis_client
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,7 @@ class QueueProbe:
     timeouts: the consumer's own connection may be the stuck part."""
 
     def __init__(self, broker_url: str) -> None:
-        self.client = redis.Redis.from_url(
-            redis_py_url(broker_url),
-            socket_timeout=2,
-            socket_connect_timeout=2,
-            **redis_client_options(broker_url),
-        )
+        self.client = redis_client(broker_url, socket_timeout=2, socket_connect_timeout=2)
 
     def waiting(self, queues: list[str]) -> int | None:
         """Messages waiting in ``queues`` together, or None when the broker cannot be
